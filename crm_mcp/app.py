@@ -1,0 +1,60 @@
+"""The running server's state: the settings and the open backends, shared by every request.
+
+Opened once by the server's lifespan (so connection pools and the local store's database are
+reused across calls and, over HTTP, across requests), closed when the server stops.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+from crm_mcp.backends import Backend, BackendContext, vendor_class
+from crm_mcp.config import Settings
+from crm_mcp.errors import NotFoundError
+
+__all__ = ["CrmApp", "build_backends", "open_app"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CrmApp:
+    """Settings plus the configured backends by name."""
+
+    settings: Settings
+    backends: dict[str, Backend]
+
+    def backend(self, name: str | None) -> Backend:
+        """The backend called `name` (None: the default one); `NotFoundError` naming the choices."""
+        key = name or self.settings.default_backend
+        try:
+            return self.backends[key]
+        except KeyError:
+            names = ", ".join(sorted(self.backends))
+            raise NotFoundError(
+                f"there is no backend named {key!r}; configured backends: {names} (see list_backends)"
+            ) from None
+
+
+def build_backends(settings: Settings) -> dict[str, Backend]:
+    """Construct (not open) one backend per configured entry."""
+    context = BackendContext(home=settings.home, max_transfer_bytes=settings.limits.max_transfer_bytes)
+    backends: dict[str, Backend] = {}
+    for name, backend_settings in settings.backends.items():
+        cls = vendor_class(backend_settings.vendor)
+        backends[name] = cls(name, backend_settings, context)  # type: ignore[call-arg]
+    return backends
+
+
+@asynccontextmanager
+async def open_app(settings: Settings) -> AsyncIterator[CrmApp]:
+    """Open every backend for the lifetime of the server; close them all on the way out."""
+    async with AsyncExitStack() as stack:
+        backends = build_backends(settings)
+        for name, backend in backends.items():
+            await stack.enter_async_context(backend)
+            logger.info("backend %s (%s) ready", name, backend.vendor)
+        yield CrmApp(settings=settings, backends=backends)

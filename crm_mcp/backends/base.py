@@ -1,0 +1,198 @@
+"""The backend contract: one protocol every CRM implements, and the vendor-neutral models it speaks.
+
+Tools and resources only ever see these types. Vendor protocols (OData, REST, SOAP, SQLite) stay
+inside their backend module, so adding a vendor is one module plus one registry line.
+
+Bytes cross this interface as streams, never as whole files: a download is an async context
+manager yielding a `Download` (an async iterator of chunks with its name, MIME type and size), and an
+upload is an `Upload` whose chunks the backend pulls while it sends them.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from crm_mcp.errors import InvalidInputError
+
+__all__ = [
+    "Backend",
+    "BackendContext",
+    "BackendSettings",
+    "Capabilities",
+    "Download",
+    "FileEntry",
+    "FilePage",
+    "FindType",
+    "Photo",
+    "Record",
+    "RecordType",
+    "Upload",
+    "require_guid",
+    "require_opaque_id",
+]
+
+RecordType = Literal["case", "contact", "account"]
+"""Records a file can be attached to. A vendor supports a subset (see `Capabilities`)."""
+
+FindType = Literal["case", "contact"]
+"""Records `find_records` can look up."""
+
+_UNRESERVED = re.compile(r"^[A-Za-z0-9._~-]{1,200}$")
+
+
+class BackendSettings(BaseModel):
+    """Base of every vendor's `[backends.<name>]` table: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    vendor: str
+
+
+class FileEntry(BaseModel):
+    """One attachment as the CRM describes it.
+
+    `file_id` is opaque to callers and uses only URI-unreserved characters, so it can stand in
+    `crm://{backend}/files/{file_id}` unescaped. A `link` entry points somewhere else and has no bytes.
+    """
+
+    file_id: str
+    name: str
+    mime_type: str
+    size: int | None = None
+    created_at: datetime | None = None
+    kind: Literal["file", "link"] = "file"
+    url: str | None = None
+
+
+class FilePage(BaseModel):
+    """One page of a case's files; `next_cursor` is None on the last page."""
+
+    files: list[FileEntry]
+    next_cursor: str | None = None
+
+
+class Photo(BaseModel):
+    """A contact's current photo (metadata only; the bytes are read through `open_contact_photo`)."""
+
+    photo_id: str
+    mime_type: str
+    size: int | None = None
+
+
+class Record(BaseModel):
+    """A record found by `find_records`: the id the other tools take, and a human title."""
+
+    id: str
+    title: str
+    record_type: FindType
+
+
+class Capabilities(BaseModel):
+    """What a backend can do, shown by `list_backends` and `crm://backends`."""
+
+    upload_record_types: list[RecordType] = Field(description="record types upload_attachment accepts")
+    contact_photos: bool = Field(description="get_contact_photo works")
+    bind_photo: bool = Field(description="bind_photo works")
+    find_record_types: list[FindType] = Field(description="record types find_records accepts")
+    id_format: str = Field(description="what a record id looks like on this backend")
+
+
+@dataclass
+class Download:
+    """An open stream of a file's bytes. `size` is None when the CRM does not say."""
+
+    name: str
+    mime_type: str
+    size: int | None
+    chunks: AsyncIterator[bytes]
+
+
+@dataclass
+class Upload:
+    """Bytes on their way into a CRM. `size` is always known: sources without a length are spooled
+    to a temporary file first, because most CRMs need the size before the bytes (Creatio's `Size`,
+    Wello's `file_size`, EspoCRM's chunked upload). `chunks` can be iterated once."""
+
+    name: str
+    mime_type: str
+    size: int
+    chunks: AsyncIterator[bytes]
+
+
+@dataclass(frozen=True)
+class BackendContext:
+    """What the server hands every backend it opens."""
+
+    home: Path
+    """crm-mcp's data directory (`$CRM_MCP_HOME` or the platform's user data directory)."""
+    max_transfer_bytes: int
+    """Largest upload or download; backends refuse bigger payloads with `TooLargeError`."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A configured CRM connection. Opened once per server (`async with`) and shared by all calls,
+    so every method must be safe under concurrent use.
+
+    Every method validates the ids it receives before sending anything to the CRM and raises
+    `InvalidInputError` with the expected format; a record that does not exist is `NotFoundError`.
+    """
+
+    vendor: ClassVar[str]
+    settings_model: ClassVar[type[BackendSettings]]
+    name: str
+
+    @property
+    def capabilities(self) -> Capabilities: ...
+
+    async def __aenter__(self) -> Any: ...
+
+    async def __aexit__(self, *exc_info: object) -> None: ...
+
+    async def check(self) -> str:
+        """Log in (or open the store) and return a one-line description; raise on failure."""
+        ...
+
+    async def list_case_files(self, case_id: str, *, limit: int, cursor: str | None) -> FilePage: ...
+
+    def open_file(self, file_id: str) -> AbstractAsyncContextManager[Download]: ...
+
+    async def get_contact_photo(self, contact_id: str) -> Photo | None: ...
+
+    def open_contact_photo(self, contact_id: str) -> AbstractAsyncContextManager[Download]: ...
+
+    async def upload_attachment(self, record_type: RecordType, record_id: str, upload: Upload) -> FileEntry: ...
+
+    async def bind_photo(self, contact_id: str, upload: Upload) -> Photo: ...
+
+    async def find_records(self, record_type: FindType, query: str, *, limit: int) -> list[Record]: ...
+
+
+def require_guid(value: str, what: str) -> str:
+    """Return `value` as a canonical lower-case GUID, or raise a clear `InvalidInputError`."""
+    try:
+        return str(uuid.UUID(value.strip()))
+    except (ValueError, AttributeError):
+        raise InvalidInputError(
+            f"{what} {value!r} is not a valid id: this backend uses GUIDs such as "
+            "'3f2504e0-4f89-11d3-9a0c-0305e82c3301'. Use find_records to look the id up."
+        ) from None
+
+
+def require_opaque_id(value: str, what: str) -> str:
+    """Check an id that travels inside a `crm://` URI: URI-unreserved characters only."""
+    if not _UNRESERVED.match(value):
+        raise InvalidInputError(
+            f"{what} {value!r} is not a valid id: ids use only letters, digits and '-._~' "
+            "(copy the id exactly as list_case_files or find_records returned it)."
+        )
+    return value

@@ -1,0 +1,187 @@
+"""The `crm-mcp` command: `serve` (stdio or streamable HTTP) and `check`.
+
+Logs go to stderr only: over stdio, stdout is the protocol channel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import socket
+import sys
+from collections.abc import Sequence
+
+import anyio
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from crm_mcp import __version__
+from crm_mcp.app import build_backends
+from crm_mcp.config import Settings, load_settings
+from crm_mcp.errors import ConfigError, CrmError
+
+__all__ = ["BearerTokenMiddleware", "main"]
+
+TOKEN_ENV = "CRM_MCP_TOKEN"
+EXIT_CONFIG = 2
+
+logger = logging.getLogger("crm_mcp")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"crm-mcp: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+    if args.command == "check":
+        raise SystemExit(anyio.run(_check, settings))
+    _serve(args, settings)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crm-mcp", description="MCP server for the files kept in CRMs.")
+    parser.add_argument("--version", action="version", version=f"crm-mcp {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def common(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--config", help="configuration file (default: $CRM_MCP_CONFIG, then ./crm-mcp.toml)")
+        sub.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+
+    serve = commands.add_parser("serve", help="run the MCP server (stdio by default)")
+    common(serve)
+    serve.add_argument("--transport", choices=["stdio", "http"], default="stdio")
+    serve.add_argument("--host", default="127.0.0.1", help="HTTP: address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8765, help="HTTP: port (default 8765)")
+    serve.add_argument("--path", default="/mcp", help="HTTP: endpoint path (default /mcp)")
+    serve.add_argument("--token", help=f"HTTP: bearer token clients must send (prefer ${TOKEN_ENV})")
+    serve.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="HTTP: extra Host header value to accept (DNS-rebinding protection); repeatable",
+    )
+    check = commands.add_parser("check", help="log in to every configured backend and report")
+    common(check)
+    return parser
+
+
+async def _check(settings: Settings) -> int:
+    """One line per backend; exit status 1 if any failed. Messages are our own errors' (no secrets)."""
+    failures = 0
+    where = settings.source or "defaults (no configuration file)"
+    print(f"configuration: {where}")
+    for name, backend in build_backends(settings).items():
+        try:
+            async with backend:
+                detail = await backend.check()
+        except CrmError as exc:
+            failures += 1
+            print(f"{name} ({backend.vendor}): FAILED — {exc}")
+        except Exception as exc:  # a bug or an unexpected network failure: say which, not its internals
+            failures += 1
+            logger.debug("check of %s failed", name, exc_info=True)
+            print(f"{name} ({backend.vendor}): FAILED — unexpected {type(exc).__name__}")
+        else:
+            print(f"{name} ({backend.vendor}): ok — {detail}")
+    return 1 if failures else 0
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> None:
+    from crm_mcp.server import build_server
+
+    server = build_server(settings)
+    if args.transport == "stdio":
+        server.run()
+        return
+
+    import uvicorn
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    if not _is_loopback(args.host) and not token:
+        print(
+            f"crm-mcp: refusing to listen on {args.host} without a bearer token: set ${TOKEN_ENV} "
+            "(or --token), or listen on 127.0.0.1",
+            file=sys.stderr,
+        )
+        raise SystemExit(EXIT_CONFIG)
+    hosts = _allowed_hosts(args.host, args.allowed_host)
+    security = TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=hosts,
+        allowed_origins=[f"{scheme}://{host}" for host in hosts for scheme in ("http", "https")],
+    )
+    # Base64 in JSON makes a request ~4/3 of the bytes it carries; leave room for the envelope.
+    body_limit = settings.limits.max_transfer_bytes * 4 // 3 + 1024 * 1024
+    app: ASGIApp = server.streamable_http_app(
+        streamable_http_path=args.path,
+        stateless_http=True,
+        max_request_body_size=body_limit,
+        transport_security=security,
+        host=args.host,
+    )
+    if token:
+        app = BearerTokenMiddleware(app, token)
+    logger.warning("crm-mcp %s listening on http://%s:%d%s", __version__, args.host, args.port, args.path)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+
+
+def _allowed_hosts(host: str, extra: Sequence[str]) -> list[str]:
+    """Host header values to accept: loopback names, the listen address (or, for a wildcard address,
+    this machine's names) and any `--allowed-host`, each with any port."""
+    names = {"127.0.0.1", "localhost", "[::1]", *extra}
+    if host in ("0.0.0.0", "::"):
+        names |= {socket.gethostname(), socket.getfqdn()}
+    else:
+        names.add(f"[{host}]" if ":" in host else host)
+    return sorted({*names, *(f"{name}:*" for name in names)})
+
+
+class BearerTokenMiddleware:
+    """Rejects HTTP requests without `Authorization: Bearer <token>` (constant-time comparison)."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self._app = app
+        self._expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(b"authorization", b"")
+        if hmac.compare_digest(given, self._expected):
+            await self._app(scope, receive, send)
+            return
+        body = json.dumps({"error": "unauthorized", "error_description": "send Authorization: Bearer <token>"})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"www-authenticate", b'Bearer realm="crm-mcp"'),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body.encode()})

@@ -1,0 +1,115 @@
+"""Builds the MCP server: tools, resources and prompts on an `MCPServer`, backends opened by its lifespan.
+
+`CrmServer` adjusts three things the SDK's defaults get wrong for a file server:
+- `crm://` resources are read here, so each file is served with its own MIME type (the SDK gives all
+  resources of a template one fixed type);
+- a `CrmError` from a tool becomes a tool error with our message (the SDK would hide it as a crash);
+- argument validation errors are rewritten into one line per field, without echoing large inputs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from mcp.server.lowlevel.helper_types import ReadResourceContents
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError, UnexpectedToolError
+from mcp.types import CallToolResult, InputRequiredResult, Resource, ResourceTemplate
+from pydantic import AnyUrl, ValidationError
+
+from crm_mcp import __version__, resources
+from crm_mcp.app import CrmApp, open_app
+from crm_mcp.config import Settings
+from crm_mcp.errors import CrmError, NotFoundError
+from crm_mcp.prompts import register_prompts
+from crm_mcp.tools import register_tools
+
+__all__ = ["CrmServer", "build_server"]
+
+logger = logging.getLogger(__name__)
+
+INSTRUCTIONS = """\
+crm-mcp reads and writes the files kept in CRMs (cases' attachments, contacts' photos).
+Start with find_records to turn a name or case number into an id. list_case_files lists a case's
+files with crm:// resource URIs; read one with read_file (small files), save_file (to disk) or
+resources/read. upload_attachment and bind_photo take exactly one source: prefer `path` or `url`
+over base64. list_backends shows the configured CRMs; every tool takes an optional `backend`."""
+
+
+class CrmServer(MCPServer[CrmApp]):
+    """`MCPServer` with crm-mcp's resource routing and error messages (see the module docstring)."""
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[CrmApp, Any] | None = None
+    ) -> CallToolResult | InputRequiredResult:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except UnexpectedToolError as exc:
+            if isinstance(exc.__cause__, CrmError):
+                raise ToolError(str(exc.__cause__)) from exc.__cause__
+            raise
+        except ToolError as exc:
+            if isinstance(exc.__cause__, ValidationError):
+                raise ToolError(_describe_validation(name, exc.__cause__)) from exc.__cause__
+            raise
+
+    async def list_resources(self) -> list[Resource]:
+        return [*resources.list_resources(), *await super().list_resources()]
+
+    async def list_resource_templates(self) -> list[ResourceTemplate]:
+        return [*resources.list_templates(), *await super().list_resource_templates()]
+
+    async def read_resource(
+        self, uri: AnyUrl | str, context: Context[CrmApp, Any] | None = None
+    ) -> Iterable[ReadResourceContents] | InputRequiredResult:
+        text = str(uri)
+        if not text.startswith("crm://") or context is None:
+            return await super().read_resource(uri, context)
+        app: CrmApp = context.request_context.lifespan_context
+
+        async def progress(done: int, total: int | None) -> None:
+            await context.report_progress(done, total, f"read {done:,} bytes")
+
+        try:
+            return [await resources.read_resource(app, text, progress)]
+        except NotFoundError as exc:
+            raise ResourceNotFoundError(str(exc)) from exc
+        except CrmError as exc:
+            raise ResourceError(str(exc)) from exc
+
+
+def _describe_validation(tool: str, error: ValidationError) -> str:
+    problems = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "arguments"
+        message = item["msg"]
+        if item["type"] == "missing":
+            message = "required argument is missing"
+        elif item["type"] == "extra_forbidden" or item["type"] == "unexpected_keyword_argument":
+            message = "unknown argument"
+        problems.append(f"{field}: {message}")
+    return f"Invalid arguments for {tool}: " + "; ".join(problems) + ". See the tool's input schema."
+
+
+def build_server(settings: Settings) -> CrmServer:
+    """The complete server for these settings; backends open when it starts and close when it stops."""
+
+    @asynccontextmanager
+    async def lifespan(_: MCPServer[CrmApp]) -> AsyncIterator[CrmApp]:
+        async with open_app(settings) as app:
+            yield app
+
+    server = CrmServer(
+        name="crm-mcp",
+        title="CRM files",
+        description="Files attached to CRM records (Creatio, EspoCRM, SuperOffice, Wello, local store).",
+        instructions=INSTRUCTIONS,
+        version=__version__,
+        lifespan=lifespan,
+    )
+    register_tools(server)
+    register_prompts(server)
+    return server
