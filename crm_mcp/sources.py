@@ -324,14 +324,22 @@ async def _open_url(value: str, context: SourceContext) -> AsyncIterator[_Raw]:
             if length is not None and length.isdigit():
                 size = int(length)
                 _check_size(name or str(url), size, context.limit)
-                yield _Raw(name, size, declared, response.aiter_raw(CHUNK_SIZE))
+                yield _Raw(name, size, declared, _response_chunks(response))
             else:
-                async with _spooled(response.aiter_raw(CHUNK_SIZE), context.limit, name or str(url)) as (chunks, size):
+                async with _spooled(_response_chunks(response), context.limit, name or str(url)) as (chunks, size):
                     yield _Raw(name, size, declared, chunks)
-        except InvalidInputError:
-            raise
         finally:
             await response.aclose()
+
+
+async def _response_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+    """Raw body bytes (no decompression: sizes must match Content-Length); a broken transfer is the
+    caller's clear error, not a crash."""
+    try:
+        async for chunk in response.aiter_raw(CHUNK_SIZE):
+            yield chunk
+    except httpx.HTTPError as exc:
+        raise InvalidInputError(f"the download from {str(response.url)!r} broke off ({type(exc).__name__})") from None
 
 
 # ------------------------------------------------------------------------------------ other sources

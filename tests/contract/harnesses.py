@@ -1,0 +1,44 @@
+"""One harness per backend the contract suite runs against.
+
+A harness starts whatever the backend needs (nothing for `local`; a vendor simulator for the others),
+yields the `[backends.<name>]` TOML that points at it, and names the ids the suite needs. The data
+must contain what the demo set has: a case titled "Printer on fire" with three or more files of
+different types, the contact "Alexander Wilson" with a photo and the contact "John Best" without.
+Each vendor issue adds its harness to `HARNESSES`; the tests themselves stay as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["HARNESSES", "Harness"]
+
+
+@dataclass(frozen=True)
+class Harness:
+    backend: str
+    """The backend's name in the configuration (and in crm:// URIs)."""
+    start: Callable[[Path], AbstractAsyncContextManager[str]]
+    """Given a scratch folder, start the backend's service and yield its configuration TOML."""
+    missing_id: str
+    """A well-formed id of a record that does not exist."""
+    malformed_id: str
+    """An id this backend must refuse before sending anything."""
+
+
+@asynccontextmanager
+async def _local(scratch: Path) -> AsyncIterator[str]:
+    yield f'[backends.local]\nvendor = "local"\npath = "{scratch / "store"}"\n'
+
+
+HARNESSES: dict[str, Harness] = {
+    "local": Harness(
+        backend="local",
+        start=_local,
+        missing_id="6f1c2a4e-0000-4000-8000-000000000000",
+        malformed_id="CS-1001",
+    ),
+}

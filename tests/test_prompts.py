@@ -1,0 +1,55 @@
+"""Prompts come from the files in prompts/ and are served with descriptions and arguments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mcp import Client
+
+from crm_mcp.prompts import load_prompt_files, parse_prompt_file, render
+
+pytestmark = pytest.mark.anyio
+
+
+def test_every_prompt_file_parses_and_declares_its_placeholders() -> None:
+    prompts = load_prompt_files()
+    assert len(prompts) >= 3
+    for prompt in prompts:
+        assert prompt.description
+        assert prompt.arguments
+
+
+def test_undeclared_placeholder_is_a_packaging_error(tmp_path: Path) -> None:
+    path = tmp_path / "bad.md"
+    path.write_text('+++\nname = "bad"\ntitle = "B"\ndescription = "d"\n+++\nHello {{who}}\n')
+    with pytest.raises(ValueError, match="placeholders without a declared argument"):
+        parse_prompt_file(path)
+
+
+def test_optional_argument_takes_its_default() -> None:
+    prompt = next(p for p in load_prompt_files() if p.name == "review_case_files")
+    text = render(prompt, {"case": "CS-1001"})
+    assert "CS-1001" in text
+    assert "anything relevant to resolving the case" in text
+
+
+async def test_prompts_are_listed_with_arguments(client: Client) -> None:
+    prompts = {prompt.name: prompt for prompt in (await client.list_prompts()).prompts}
+    assert {"attach_file_to_case", "review_case_files", "update_contact_photo"} <= set(prompts)
+    arguments = {argument.name: argument for argument in prompts["update_contact_photo"].arguments or []}
+    assert arguments["contact"].required is True
+    assert arguments["contact"].description
+
+
+async def test_get_prompt_fills_the_arguments(client: Client) -> None:
+    result = await client.get_prompt("update_contact_photo", {"contact": "John Best", "image": "face.png"})
+    (message,) = result.messages
+    assert message.role == "user"
+    assert "John Best" in message.content.text
+    assert "face.png" in message.content.text
+
+
+async def test_get_prompt_without_a_required_argument_fails(client: Client) -> None:
+    with pytest.raises(Exception, match="Missing required arguments"):
+        await client.get_prompt("update_contact_photo", {"contact": "John Best"})

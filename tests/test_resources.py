@@ -1,0 +1,60 @@
+"""Resources: the two templates, crm://backends, and reads with each file's own MIME type."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from mcp import Client
+from mcp.shared.exceptions import MCPError
+
+from tests.helpers import MISSING_GUID, all_files, find_one
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_templates_are_listed(client: Client) -> None:
+    templates = {template.uri_template for template in (await client.list_resource_templates()).resource_templates}
+    assert templates == {"crm://{backend}/files/{file_id}", "crm://{backend}/contacts/{contact_id}/photo"}
+
+
+async def test_backends_resource_is_json(client: Client) -> None:
+    resources = {str(resource.uri) for resource in (await client.list_resources()).resources}
+    assert "crm://backends" in resources
+    (content,) = (await client.read_resource("crm://backends")).contents
+    assert content.mime_type == "application/json"
+    document = json.loads(content.text)
+    assert document["backends"][0]["name"] == "local"
+    assert document["backends"][0]["capabilities"]["contact_photos"] is True
+
+
+async def test_each_file_is_served_with_its_own_mime_type(client: Client) -> None:
+    case_id = await find_one(client, "case", "Printer on fire")
+    files = await all_files(client, case_id)
+    served = {(await client.read_resource(file["resource_uri"])).contents[0].mime_type for file in files}
+    assert served == {file["mime_type"] for file in files}
+    assert len(served) >= 3
+
+
+async def test_missing_file_is_resource_not_found(client: Client) -> None:
+    with pytest.raises(MCPError) as caught:
+        await client.read_resource(f"crm://local/files/{MISSING_GUID}")
+    assert caught.value.error.code == -32602
+
+
+async def test_photo_of_contact_without_one_is_not_found(client: Client) -> None:
+    contact_id = await find_one(client, "contact", "John Best")
+    with pytest.raises(MCPError) as caught:
+        await client.read_resource(f"crm://local/contacts/{contact_id}/photo")
+    assert caught.value.error.code == -32602
+    assert "no photo" in caught.value.error.message
+
+
+async def test_malformed_file_id_is_an_error(client: Client) -> None:
+    with pytest.raises(MCPError, match="not a valid id"):
+        await client.read_resource("crm://local/files/not-a-guid")
+
+
+async def test_unknown_backend_in_uri_is_not_found(client: Client) -> None:
+    with pytest.raises(MCPError, match="no backend named 'other'"):
+        await client.read_resource(f"crm://other/files/{MISSING_GUID}")

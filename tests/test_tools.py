@@ -1,0 +1,415 @@
+"""Every tool through the in-process MCP client, on the local backend with its demo data."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from mcp import Client
+
+from crm_mcp.config import Settings
+from crm_mcp.server import build_server
+from tests.helpers import MISSING_GUID, PNG_1x1, all_files, call, error, find_one, ok, read_bytes, text_of
+
+pytestmark = pytest.mark.anyio
+
+# ------------------------------------------------------------------------------------ tools/list
+
+
+async def test_lists_the_eight_tools_with_titles_and_schemas(client: Client) -> None:
+    tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+    assert set(tools) == {
+        "list_case_files",
+        "get_contact_photo",
+        "upload_attachment",
+        "bind_photo",
+        "find_records",
+        "read_file",
+        "save_file",
+        "list_backends",
+    }
+    for tool in tools.values():
+        assert tool.title
+        assert tool.description and len(tool.description) > 40
+        assert tool.output_schema and tool.output_schema["type"] == "object"
+
+
+@pytest.mark.parametrize(
+    ("tool", "read_only", "destructive", "idempotent", "open_world"),
+    [
+        ("list_case_files", True, False, True, True),
+        ("get_contact_photo", True, False, True, True),
+        ("find_records", True, False, True, True),
+        ("read_file", True, False, True, True),
+        ("list_backends", True, False, True, True),
+        ("upload_attachment", False, False, False, True),
+        ("bind_photo", False, True, True, True),
+        ("save_file", False, True, True, False),
+    ],
+)
+async def test_annotations(
+    client: Client, tool: str, read_only: bool, destructive: bool, idempotent: bool, open_world: bool
+) -> None:
+    tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+    hints = tools[tool].annotations
+    assert hints is not None
+    assert (hints.read_only_hint, hints.destructive_hint, hints.idempotent_hint, hints.open_world_hint) == (
+        read_only,
+        destructive,
+        idempotent,
+        open_world,
+    )
+
+
+# ------------------------------------------------------------------------------- list_case_files
+
+
+async def test_list_case_files_returns_files_links_and_complete_text(client: Client) -> None:
+    case_id = await find_one(client, "case", "Printer on fire")
+    result = await call(client, "list_case_files", case_id=case_id)
+    files = result.structured_content["files"]
+    assert len(files) >= 3
+    assert len({file["mime_type"] for file in files}) >= 3
+    links = [block for block in result.content if block.type == "resource_link"]
+    assert [link.uri for link in links] == [file["resource_uri"] for file in files]
+    text = text_of(result)
+    for file in files:
+        assert file["name"] in text and file["resource_uri"] in text and file["mime_type"] in text
+
+
+async def test_listed_size_and_type_match_the_bytes(client: Client) -> None:
+    case_id = await find_one(client, "case", "Printer on fire")
+    for file in await all_files(client, case_id):
+        data, mime = await read_bytes(client, file["resource_uri"])
+        assert len(data) == file["size"]
+        assert mime == file["mime_type"]
+
+
+async def test_paging_walks_every_file_once(client: Client) -> None:
+    case_id = await find_one(client, "case", "Printer on fire")
+    expected = [file["file_id"] for file in await all_files(client, case_id)]
+    seen: list[str] = []
+    cursor = None
+    while True:
+        arguments = {"case_id": case_id, "limit": 1} | ({"cursor": cursor} if cursor else {})
+        page = await ok(client, "list_case_files", **arguments)
+        seen += [file["file_id"] for file in page["files"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == expected
+
+
+async def test_bad_cursor_is_a_clear_error(client: Client) -> None:
+    case_id = await find_one(client, "case", "Printer on fire")
+    assert "cursor" in await error(client, "list_case_files", case_id=case_id, cursor="bogus")
+
+
+@pytest.mark.parametrize("limit", [0, 201])
+async def test_limit_out_of_range_is_refused(client: Client, limit: int) -> None:
+    message = await error(client, "list_case_files", case_id=MISSING_GUID, limit=limit)
+    assert message.startswith("Invalid arguments for list_case_files: limit:")
+
+
+async def test_missing_argument_is_named(client: Client) -> None:
+    assert "case_id: required argument is missing" in await error(client, "list_case_files")
+
+
+async def test_missing_case_is_not_found_not_empty(client: Client) -> None:
+    assert "not found" in (await error(client, "list_case_files", case_id=MISSING_GUID)).lower()
+
+
+async def test_malformed_case_id_is_refused_before_any_lookup(client: Client) -> None:
+    assert "not a valid id" in await error(client, "list_case_files", case_id="CS-1001'; drop")
+
+
+async def test_unknown_backend_names_the_configured_ones(client: Client) -> None:
+    message = await error(client, "list_case_files", case_id=MISSING_GUID, backend="salesforce")
+    assert "no backend named 'salesforce'" in message and "local" in message
+
+
+# ----------------------------------------------------------------------------- get_contact_photo
+
+
+async def test_photo_small_enough_is_inline_and_linked(client: Client) -> None:
+    contact_id = await find_one(client, "contact", "Alexander Wilson")
+    result = await call(client, "get_contact_photo", contact_id=contact_id)
+    photo = result.structured_content["photo"]
+    images = [block for block in result.content if block.type == "image"]
+    links = [block for block in result.content if block.type == "resource_link"]
+    assert len(images) == 1 and len(links) == 1
+    assert links[0].uri == photo["resource_uri"]
+    data, mime = await read_bytes(client, photo["resource_uri"])
+    assert base64.b64decode(images[0].data) == data
+    assert mime == photo["mime_type"] == images[0].mime_type
+    assert len(data) == photo["size"]
+
+
+async def test_contact_without_photo_has_null_photo(client: Client) -> None:
+    contact_id = await find_one(client, "contact", "John Best")
+    result = await call(client, "get_contact_photo", contact_id=contact_id)
+    assert result.structured_content["photo"] is None
+    assert [block.type for block in result.content] == ["text"]
+    assert "has no photo" in text_of(result)
+
+
+async def test_photo_over_inline_limit_is_only_linked(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings("[limits]\ninline_bytes = 100\n")
+    async with Client(build_server(settings)) as client:
+        contact_id = await find_one(client, "contact", "Alexander Wilson")
+        result = await call(client, "get_contact_photo", contact_id=contact_id)
+        assert [block.type for block in result.content] == ["text", "resource_link"]
+        assert "not inline" in text_of(result)
+
+
+async def test_photo_of_missing_contact_is_not_found(client: Client) -> None:
+    assert "not found" in (await error(client, "get_contact_photo", contact_id=MISSING_GUID)).lower()
+
+
+# ----------------------------------------------------------------------------- upload_attachment
+
+
+async def printer_case(client: Client) -> str:
+    return await find_one(client, "case", "Printer on fire")
+
+
+async def test_upload_text_then_list_and_read_it(client: Client) -> None:
+    case_id = await printer_case(client)
+    entry = await ok(client, "upload_attachment", record_id=case_id, file_name="note.txt", content_text="hot!")
+    assert (entry["name"], entry["mime_type"], entry["size"]) == ("note.txt", "text/plain", 4)
+    assert entry["file_id"] in [file["file_id"] for file in await all_files(client, case_id)]
+    assert await read_bytes(client, entry["resource_uri"]) == (b"hot!", "text/plain")
+
+
+async def test_upload_from_path_detects_the_type_from_the_bytes(client: Client, files_root: Path) -> None:
+    (files_root / "shot").write_bytes(PNG_1x1)
+    entry = await ok(client, "upload_attachment", record_id=await printer_case(client), file_name="shot", path="shot")
+    assert entry["mime_type"] == "image/png"
+    assert (await read_bytes(client, entry["resource_uri"]))[0] == PNG_1x1
+
+
+async def test_upload_with_explicit_mime_type(client: Client) -> None:
+    entry = await ok(
+        client,
+        "upload_attachment",
+        record_id=await printer_case(client),
+        file_name="data.bin",
+        content_text="{}",
+        mime_type="application/vnd.custom+json",
+    )
+    assert entry["mime_type"] == "application/vnd.custom+json"
+
+
+async def test_upload_base64(client: Client) -> None:
+    entry = await ok(
+        client,
+        "upload_attachment",
+        record_id=await printer_case(client),
+        file_name="dot.png",
+        content_base64=base64.b64encode(PNG_1x1).decode(),
+    )
+    assert entry["size"] == len(PNG_1x1) and entry["mime_type"] == "image/png"
+
+
+async def test_upload_copies_a_resource_between_records(client: Client) -> None:
+    source = (await all_files(client, await printer_case(client)))[0]
+    contact_id = await find_one(client, "contact", "John Best")
+    entry = await ok(
+        client,
+        "upload_attachment",
+        record_id=contact_id,
+        record_type="contact",
+        file_name=source["name"],
+        resource_uri=source["resource_uri"],
+    )
+    assert entry["record_type"] == "contact" and entry["file_id"] != source["file_id"]
+    assert await read_bytes(client, entry["resource_uri"]) == await read_bytes(client, source["resource_uri"])
+
+
+@pytest.mark.parametrize(
+    "sources",
+    [{}, {"content_text": "a", "content_base64": "YQ=="}, {"path": "x", "url": "https://example.com/x"}],
+)
+async def test_upload_needs_exactly_one_source(client: Client, sources: dict[str, str]) -> None:
+    message = await error(client, "upload_attachment", record_id=MISSING_GUID, file_name="a.txt", **sources)
+    assert "exactly one source" in message
+
+
+async def test_upload_outside_roots_is_refused_and_nothing_is_added(client: Client, tmp_path: Path) -> None:
+    case_id = await printer_case(client)
+    before = await all_files(client, case_id)
+    (tmp_path / "outside.txt").write_text("x")
+    message = await error(
+        client, "upload_attachment", record_id=case_id, file_name="o.txt", path=str(tmp_path / "outside.txt")
+    )
+    assert "outside the folders" in message
+    assert await all_files(client, case_id) == before
+
+
+async def test_upload_over_the_limit_is_refused_and_nothing_is_added(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with Client(build_server(make_settings("[limits]\nmax_transfer_bytes = 10\n"))) as client:
+        case_id = await printer_case(client)
+        before = await all_files(client, case_id)
+        message = await error(client, "upload_attachment", record_id=case_id, file_name="a.txt", content_text="x" * 11)
+        assert "transfer limit of 10 bytes" in message
+        assert await all_files(client, case_id) == before
+
+
+async def test_upload_to_missing_record_is_not_found(client: Client) -> None:
+    message = await error(client, "upload_attachment", record_id=MISSING_GUID, file_name="a.txt", content_text="x")
+    assert "not found" in message.lower()
+
+
+async def test_upload_unknown_record_type_is_refused(client: Client) -> None:
+    message = await error(
+        client, "upload_attachment", record_id=MISSING_GUID, record_type="invoice", file_name="a", content_text="x"
+    )
+    assert "record_type" in message
+
+
+# ------------------------------------------------------------------------------------ bind_photo
+
+
+async def test_bind_photo_replaces_the_photo(client: Client, files_root: Path) -> None:
+    contact_id = await find_one(client, "contact", "John Best")
+    (files_root / "face.png").write_bytes(PNG_1x1)
+    bound = await ok(client, "bind_photo", contact_id=contact_id, path="face.png")
+    assert bound["photo"]["size"] == len(PNG_1x1)
+    current = await ok(client, "get_contact_photo", contact_id=contact_id)
+    assert current["photo"]["photo_id"] == bound["photo"]["photo_id"]
+    assert await read_bytes(client, current["photo"]["resource_uri"]) == (PNG_1x1, "image/png")
+
+
+async def test_bind_photo_twice_is_idempotent(client: Client) -> None:
+    contact_id = await find_one(client, "contact", "John Best")
+    encoded = base64.b64encode(PNG_1x1).decode()
+    await ok(client, "bind_photo", contact_id=contact_id, content_base64=encoded)
+    await ok(client, "bind_photo", contact_id=contact_id, content_base64=encoded)
+    assert (await read_bytes(client, f"crm://local/contacts/{contact_id}/photo"))[0] == PNG_1x1
+
+
+async def test_bind_photo_refuses_non_images_and_keeps_the_old_photo(client: Client) -> None:
+    contact_id = await find_one(client, "contact", "Alexander Wilson")
+    before = await ok(client, "get_contact_photo", contact_id=contact_id)
+    assert "must be an image" in await error(client, "bind_photo", contact_id=contact_id, content_text="not a photo")
+    assert await ok(client, "get_contact_photo", contact_id=contact_id) == before
+
+
+# ---------------------------------------------------------------------------------- find_records
+
+
+async def test_find_contact_by_name_case_insensitively(client: Client) -> None:
+    result = await call(client, "find_records", record_type="contact", query="alexander wilson")
+    (record,) = result.structured_content["records"]
+    assert record["title"] == "Alexander Wilson"
+    assert record["id"] in text_of(result)
+
+
+async def test_find_case_by_number(client: Client) -> None:
+    case_id = await printer_case(client)
+    records = (await ok(client, "find_records", record_type="case", query="printer"))["records"]
+    number = records[0]["title"].split()[0]
+    assert await find_one(client, "case", number) == case_id
+
+
+async def test_find_without_match_says_so(client: Client) -> None:
+    result = await call(client, "find_records", record_type="contact", query="Nobody Atall")
+    assert result.structured_content["records"] == []
+    assert "No contact" in text_of(result)
+
+
+async def test_find_blank_query_is_refused(client: Client) -> None:
+    assert "query" in await error(client, "find_records", record_type="contact", query="   ")
+
+
+# ------------------------------------------------------------------------------------- read_file
+
+
+async def test_read_file_returns_text_for_text_files(client: Client) -> None:
+    entry = await ok(
+        client, "upload_attachment", record_id=await printer_case(client), file_name="r.csv", content_text="a,b\n1,2\n"
+    )
+    result = await call(client, "read_file", resource_uri=entry["resource_uri"])
+    assert result.structured_content["returned_as"] == "text"
+    assert result.content[-1].text == "a,b\n1,2\n"
+
+
+async def test_read_file_embeds_small_binaries(client: Client) -> None:
+    entry = await ok(
+        client,
+        "upload_attachment",
+        record_id=await printer_case(client),
+        file_name="d.png",
+        content_base64=base64.b64encode(PNG_1x1).decode(),
+    )
+    result = await call(client, "read_file", resource_uri=entry["resource_uri"])
+    (embedded,) = [block for block in result.content if block.type == "resource"]
+    assert base64.b64decode(embedded.resource.blob) == PNG_1x1
+    assert embedded.resource.mime_type == "image/png"
+
+
+async def test_read_file_too_large_names_save_file(make_settings: Callable[..., Settings]) -> None:
+    async with Client(build_server(make_settings("[limits]\ninline_bytes = 10\ninline_text_bytes = 10\n"))) as client:
+        case_id = await printer_case(client)
+        big = max(await all_files(client, case_id), key=lambda file: file["size"])
+        assert "save_file" in await error(client, "read_file", resource_uri=big["resource_uri"])
+
+
+async def test_read_file_refuses_foreign_uris(client: Client) -> None:
+    assert "not a file URI of this server" in await error(client, "read_file", resource_uri="file:///etc/passwd")
+
+
+# ------------------------------------------------------------------------------------- save_file
+
+
+async def test_save_file_streams_to_disk(client: Client, files_root: Path) -> None:
+    source = (await all_files(client, await printer_case(client)))[0]
+    saved = await ok(client, "save_file", resource_uri=source["resource_uri"], path="copy.bin")
+    data, _ = await read_bytes(client, source["resource_uri"])
+    assert (files_root / "copy.bin").read_bytes() == data
+    assert saved["sha256"] == hashlib.sha256(data).hexdigest() and saved["size"] == len(data)
+    assert [path.name for path in files_root.iterdir()] == ["copy.bin"]
+
+
+async def test_save_file_into_a_folder_uses_the_file_name(client: Client, files_root: Path) -> None:
+    source = (await all_files(client, await printer_case(client)))[0]
+    saved = await ok(client, "save_file", resource_uri=source["resource_uri"], path=str(files_root))
+    assert saved["path"] == str(files_root / source["name"])
+
+
+async def test_save_file_does_not_overwrite_unless_asked(client: Client, files_root: Path) -> None:
+    (files_root / "keep.txt").write_text("mine")
+    source = (await all_files(client, await printer_case(client)))[0]
+    assert "overwrite" in await error(client, "save_file", resource_uri=source["resource_uri"], path="keep.txt")
+    assert (files_root / "keep.txt").read_text() == "mine"
+    await ok(client, "save_file", resource_uri=source["resource_uri"], path="keep.txt", overwrite=True)
+    assert (files_root / "keep.txt").read_bytes() == (await read_bytes(client, source["resource_uri"]))[0]
+
+
+async def test_save_file_outside_roots_is_refused(client: Client, tmp_path: Path) -> None:
+    source = (await all_files(client, await printer_case(client)))[0]
+    message = await error(client, "save_file", resource_uri=source["resource_uri"], path=str(tmp_path / "x"))
+    assert "outside" in message
+    assert not (tmp_path / "x").exists()
+
+
+async def test_save_file_of_missing_file_leaves_nothing(client: Client, files_root: Path) -> None:
+    message = await error(client, "save_file", resource_uri=f"crm://local/files/{MISSING_GUID}", path="x.bin")
+    assert "not found" in message.lower()
+    assert list(files_root.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------- list_backends
+
+
+async def test_list_backends(client: Client) -> None:
+    result = await ok(client, "list_backends")
+    assert result["default_backend"] == "local"
+    (backend,) = result["backends"]
+    assert backend["vendor"] == "local" and backend["default"] is True
+    assert set(backend["capabilities"]["upload_record_types"]) == {"case", "contact", "account"}
