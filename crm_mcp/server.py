@@ -17,7 +17,8 @@ from typing import Any
 from mcp.server.lowlevel.helper_types import ReadResourceContents
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError, UnexpectedToolError
-from mcp.types import CallToolResult, InputRequiredResult, Resource, ResourceTemplate
+from mcp.shared.exceptions import MCPError
+from mcp.types import INVALID_PARAMS, CallToolResult, GetPromptResult, InputRequiredResult, Resource, ResourceTemplate
 from pydantic import AnyUrl, ValidationError
 
 from crm_mcp import __version__, resources
@@ -55,6 +56,26 @@ class CrmServer(MCPServer[CrmApp]):
             if isinstance(exc.__cause__, ValidationError):
                 raise ToolError(_describe_validation(name, exc.__cause__)) from exc.__cause__
             raise
+
+    async def get_prompt(
+        self, name: str, arguments: dict[str, Any] | None = None, context: Context[CrmApp, Any] | None = None
+    ) -> GetPromptResult | InputRequiredResult:
+        # The SDK reports both mistakes below as an opaque internal error; the caller deserves to know.
+        prompts = {prompt.name: prompt for prompt in await self.list_prompts()}
+        if name not in prompts:
+            known = ", ".join(sorted(prompts))
+            raise MCPError(code=INVALID_PARAMS, message=f"Unknown prompt {name!r}; available prompts: {known}")
+        missing = [
+            argument.name
+            for argument in prompts[name].arguments or []
+            if argument.required and not (arguments or {}).get(argument.name)
+        ]
+        if missing:
+            raise MCPError(
+                code=INVALID_PARAMS,
+                message=f"Prompt {name!r} needs the argument(s): {', '.join(missing)}",
+            )
+        return await super().get_prompt(name, arguments, context)
 
     async def list_resources(self) -> list[Resource]:
         return [*resources.list_resources(), *await super().list_resources()]

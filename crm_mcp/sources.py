@@ -86,9 +86,10 @@ class SourceSpec(BaseModel):
 
 
 def make_source(**values: str | None) -> SourceSpec:
-    """Build a `SourceSpec`, turning pydantic's error into a message a model can act on."""
+    """Build a `SourceSpec` from tool arguments, where an empty string means "not given", turning
+    pydantic's error into a message a model can act on."""
     try:
-        return SourceSpec(**values)
+        return SourceSpec(**{key: value for key, value in values.items() if value})
     except ValidationError as exc:
         message = exc.errors()[0]["msg"].removeprefix("Value error, ")
         raise InvalidInputError(
@@ -126,7 +127,7 @@ async def open_source(
     spec: SourceSpec, context: SourceContext, *, file_name: str | None = None, mime_type: str | None = None
 ) -> AsyncIterator[Upload]:
     """Open the chosen source as an `Upload`, closing whatever it opened (file, HTTP response) after."""
-    name = check_file_name(file_name) if file_name is not None else None
+    name = check_file_name(file_name) if file_name else None
     mime = normalize_mime(mime_type) if mime_type else None
     opener = _OPENERS[spec.kind]
     async with opener(spec.value, context) as raw:

@@ -49,7 +49,7 @@ from crm_mcp.models import (
     UploadResult,
 )
 from crm_mcp.resources import open_resource, read_all
-from crm_mcp.sources import SourceContext, make_source, open_source, resolve_writable
+from crm_mcp.sources import SourceContext, check_file_name, make_source, open_source, resolve_writable
 from crm_mcp.uris import parse_crm_uri
 
 __all__ = ["register_tools"]
@@ -58,28 +58,28 @@ INLINE_IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/w
 """Image types MCP clients render inline; others (TIFF, HEIC, SVG) are only linked."""
 
 BackendArg = Annotated[
-    str | None,
+    str,
     Field(description="Name of a configured CRM backend (see list_backends). Leave out to use the default backend."),
 ]
 SourcePath = Annotated[
-    str | None,
+    str,
     Field(description="Source, option 1: path of a local file inside the server's allowed folders (files.roots)."),
 ]
-SourceUrl = Annotated[str | None, Field(description="Source, option 2: an http(s) URL to download the file from.")]
+SourceUrl = Annotated[str, Field(description="Source, option 2: an http(s) URL to download the file from.")]
 SourceResource = Annotated[
-    str | None,
+    str,
     Field(
         description="Source, option 3: a crm:// file or photo URI of this server (from list_case_files etc.), "
         "to copy a file between records or between CRMs."
     ),
 ]
 SourceBase64 = Annotated[
-    str | None,
+    str,
     Field(description="Source, option 4: the file's bytes as base64. Only for small files; prefer path or url."),
 ]
-SourceText = Annotated[str | None, Field(description="Source, option 5: the file's content as text (stored as UTF-8).")]
+SourceText = Annotated[str, Field(description="Source, option 5: the file's content as text (stored as UTF-8).")]
 MimeArg = Annotated[
-    str | None,
+    str,
     Field(description="MIME type such as 'application/pdf'. Leave out to detect it from the bytes, then the name."),
 ]
 
@@ -149,17 +149,15 @@ async def list_case_files(
     case_id: Annotated[str, Field(description="Id of the case (use find_records to turn a case number into an id).")],
     ctx: Context[Any, Any],
     limit: Annotated[int, Field(ge=1, le=200, description="Files per page, 1-200.")] = 50,
-    cursor: Annotated[
-        str | None, Field(description="next_cursor from the previous page; leave out for page 1.")
-    ] = None,
-    backend: BackendArg = None,
+    cursor: Annotated[str, Field(description="next_cursor from the previous page; leave out for page 1.")] = "",
+    backend: BackendArg = "",
 ) -> Annotated[CallToolResult, CaseFilesResult]:
     """List the files attached to a case, with each file's name, MIME type, size and resource URI.
 
     Read a file with read_file (small files), save_file (to disk) or resources/read on its resource_uri.
     A case that does not exist is an error, not an empty list."""
     crm = _app(ctx).backend(backend)
-    page = await crm.list_case_files(case_id, limit=limit, cursor=cursor)
+    page = await crm.list_case_files(case_id, limit=limit, cursor=cursor or None)
     files = [FileInfo.of(crm.name, entry) for entry in page.files]
     result = CaseFilesResult(backend=crm.name, case_id=case_id, files=files, next_cursor=page.next_cursor)
     lines = [f"Case {case_id} on backend '{crm.name}': {len(files)} file(s) on this page."]
@@ -172,7 +170,7 @@ async def list_case_files(
 async def get_contact_photo(
     contact_id: Annotated[str, Field(description="Id of the contact (use find_records to look up a name).")],
     ctx: Context[Any, Any],
-    backend: BackendArg = None,
+    backend: BackendArg = "",
 ) -> Annotated[CallToolResult, ContactPhotoResult]:
     """Get a contact's photo: metadata, a resource link to the full image and, when it is small
     enough, the image itself. photo is null when the contact has no photo."""
@@ -218,16 +216,17 @@ async def upload_attachment(
     record_type: Annotated[
         RecordType, Field(description="Kind of record: 'case' (default), 'contact' or 'account'.")
     ] = "case",
-    mime_type: MimeArg = None,
-    path: SourcePath = None,
-    url: SourceUrl = None,
-    resource_uri: SourceResource = None,
-    content_base64: SourceBase64 = None,
-    content_text: SourceText = None,
-    backend: BackendArg = None,
+    mime_type: MimeArg = "",
+    path: SourcePath = "",
+    url: SourceUrl = "",
+    resource_uri: SourceResource = "",
+    content_base64: SourceBase64 = "",
+    content_text: SourceText = "",
+    backend: BackendArg = "",
 ) -> Annotated[CallToolResult, UploadResult]:
     """Attach a file to a case, contact or account. Give exactly one source: path, url, resource_uri,
     content_text or content_base64. Returns the new file's id and resource URI."""
+    check_file_name(file_name)
     source = make_source(
         path=path, url=url, resource_uri=resource_uri, content_base64=content_base64, content_text=content_text
     )
@@ -248,14 +247,14 @@ async def upload_attachment(
 async def bind_photo(
     contact_id: Annotated[str, Field(description="Id of the contact whose photo to set.")],
     ctx: Context[Any, Any],
-    file_name: Annotated[str | None, Field(description="Name for the image, e.g. 'photo.jpg'.")] = None,
-    mime_type: MimeArg = None,
-    path: SourcePath = None,
-    url: SourceUrl = None,
-    resource_uri: SourceResource = None,
-    content_base64: SourceBase64 = None,
-    content_text: SourceText = None,
-    backend: BackendArg = None,
+    file_name: Annotated[str, Field(description="Name for the image, e.g. 'photo.jpg'.")] = "",
+    mime_type: MimeArg = "",
+    path: SourcePath = "",
+    url: SourceUrl = "",
+    resource_uri: SourceResource = "",
+    content_base64: SourceBase64 = "",
+    content_text: SourceText = "",
+    backend: BackendArg = "",
 ) -> Annotated[CallToolResult, BindPhotoResult]:
     """Set (replace) a contact's photo from an image. Give exactly one source: path, url, resource_uri
     or content_base64. The previous photo is replaced."""
@@ -301,7 +300,7 @@ async def find_records(
     ],
     ctx: Context[Any, Any],
     limit: Annotated[int, Field(ge=1, le=100, description="Most records to return, 1-100.")] = 20,
-    backend: BackendArg = None,
+    backend: BackendArg = "",
 ) -> Annotated[CallToolResult, FindRecordsResult]:
     """Find cases or contacts by name, number or subject, to get the id the other tools need."""
     crm = _app(ctx).backend(backend)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from mcp import Client
+from mcp.shared.exceptions import MCPError
 
 from crm_mcp.prompts import load_prompt_files, parse_prompt_file, render
 
@@ -51,5 +52,11 @@ async def test_get_prompt_fills_the_arguments(client: Client) -> None:
 
 
 async def test_get_prompt_without_a_required_argument_fails(client: Client) -> None:
-    with pytest.raises(Exception, match="Missing required arguments"):
+    with pytest.raises(MCPError, match=r"needs the argument\(s\): image") as caught:
         await client.get_prompt("update_contact_photo", {"contact": "John Best"})
+    assert caught.value.error.code == -32602
+
+
+async def test_unknown_prompt_lists_the_available_ones(client: Client) -> None:
+    with pytest.raises(MCPError, match=r"available prompts: .*review_case_files"):
+        await client.get_prompt("nope", {})

@@ -159,7 +159,7 @@ async def test_text_source_is_utf8(settings: Settings) -> None:
     assert upload.mime_type == "text/markdown"
 
 
-@pytest.mark.parametrize("name", ["../x.txt", "a/b.txt", "a\\b.txt", "", "x\x00.txt"])
+@pytest.mark.parametrize("name", ["../x.txt", "a/b.txt", "a\\b.txt", " ", "x\x00.txt"])
 async def test_bad_file_names_are_refused(settings: Settings, name: str) -> None:
     with pytest.raises(InvalidInputError, match="file_name"):
         await read_source(settings, content_text="x", file_name=name)

@@ -203,6 +203,21 @@ async def test_upload_with_explicit_mime_type(client: Client) -> None:
     assert entry["mime_type"] == "application/vnd.custom+json"
 
 
+@pytest.mark.parametrize("text", ["{}", "null", "[1, 2]", "true", "42", '"quoted"'])
+async def test_upload_text_that_looks_like_json_is_stored_verbatim(client: Client, text: str) -> None:
+    entry = await ok(
+        client, "upload_attachment", record_id=await printer_case(client), file_name="t.txt", content_text=text
+    )
+    assert (await read_bytes(client, entry["resource_uri"]))[0] == text.encode()
+
+
+async def test_upload_with_empty_file_name_is_refused(client: Client) -> None:
+    message = await error(
+        client, "upload_attachment", record_id=await printer_case(client), file_name=" ", content_text="x"
+    )
+    assert "file_name is empty" in message
+
+
 async def test_upload_base64(client: Client) -> None:
     entry = await ok(
         client,
