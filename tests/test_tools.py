@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from mcp import Client
 
+from crm_mcp.backends import _demo as demo
 from crm_mcp.config import Settings
 from crm_mcp.server import build_server
 from tests.helpers import MISSING_GUID, PNG_1x1, all_files, call, error, find_one, ok, read_bytes, text_of
@@ -428,3 +429,47 @@ async def test_list_backends(client: Client) -> None:
     (backend,) = result["backends"]
     assert backend["vendor"] == "local" and backend["default"] is True
     assert set(backend["capabilities"]["upload_record_types"]) == {"case", "contact", "account"}
+
+
+# -------------------------------------------------------------------------------------- progress
+
+
+async def test_long_upload_reports_progress_up_to_the_total(client: Client, files_root: Path) -> None:
+    payload = b"\x00" * (3 * 1024 * 1024)
+    (files_root / "big.bin").write_bytes(payload)
+    updates: list[tuple[float, float | None]] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        updates.append((done, total))
+
+    result = await client.call_tool(
+        "upload_attachment",
+        {"record_id": await printer_case(client), "file_name": "big.bin", "path": "big.bin"},
+        progress_callback=on_progress,
+    )
+    assert not result.is_error
+    assert updates[-1] == (len(payload), len(payload))
+    assert [done for done, _ in updates] == sorted(done for done, _ in updates)
+
+
+async def test_save_file_reports_progress(client: Client, files_root: Path) -> None:
+    (files_root / "big.bin").write_bytes(b"\x01" * (2 * 1024 * 1024))
+    entry = await ok(client, "upload_attachment", record_id=await printer_case(client), file_name="b", path="big.bin")
+    updates: list[float] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        updates.append(done)
+
+    await client.call_tool(
+        "save_file", {"resource_uri": entry["resource_uri"], "path": "copy.bin"}, progress_callback=on_progress
+    )
+    assert updates[-1] == 2 * 1024 * 1024
+
+
+async def test_upload_to_an_account(client: Client) -> None:
+    account_id = demo.ACCOUNT_NORTHWIND
+    entry = await ok(
+        client, "upload_attachment", record_id=account_id, record_type="account", file_name="a.txt", content_text="hi"
+    )
+    assert entry["record_type"] == "account"
+    assert await read_bytes(client, entry["resource_uri"]) == (b"hi", "text/plain")
