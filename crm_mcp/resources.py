@@ -8,7 +8,7 @@ describes the templates for `resources/templates/list`.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from mcp.server.lowlevel.helper_types import ReadResourceContents
@@ -17,10 +17,10 @@ from mcp.types import Resource, ResourceTemplate
 from crm_mcp.app import CrmApp
 from crm_mcp.backends.base import Download
 from crm_mcp.errors import TooLargeError
+from crm_mcp.progress import Progress
 from crm_mcp.uris import BACKENDS_URI, FILE_TEMPLATE, PHOTO_TEMPLATE, parse_crm_uri
 
 __all__ = [
-    "Progress",
     "backends_document",
     "list_resources",
     "list_templates",
@@ -28,9 +28,6 @@ __all__ = [
     "read_all",
     "read_resource",
 ]
-
-Progress = Callable[[int, int | None], Awaitable[None]]
-"""Called with (bytes done, bytes total or None) while a transfer runs."""
 
 
 def list_templates() -> list[ResourceTemplate]:

@@ -25,6 +25,7 @@ from crm_mcp import __version__, resources
 from crm_mcp.app import CrmApp, open_app
 from crm_mcp.config import Settings
 from crm_mcp.errors import CrmError, NotFoundError
+from crm_mcp.progress import ThrottledProgress
 from crm_mcp.prompts import register_prompts
 from crm_mcp.tools import register_tools
 
@@ -90,12 +91,8 @@ class CrmServer(MCPServer[CrmApp]):
         if not text.startswith("crm://") or context is None:
             return await super().read_resource(uri, context)
         app: CrmApp = context.request_context.lifespan_context
-
-        async def progress(done: int, total: int | None) -> None:
-            await context.report_progress(done, total, f"read {done:,} bytes")
-
         try:
-            return [await resources.read_resource(app, text, progress)]
+            return [await resources.read_resource(app, text, ThrottledProgress(context, "read"))]
         except NotFoundError as exc:
             raise ResourceNotFoundError(str(exc)) from exc
         except CrmError as exc:

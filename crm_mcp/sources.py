@@ -16,7 +16,7 @@ import os
 import re
 import stat
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -31,6 +31,7 @@ from crm_mcp.backends.base import Upload
 from crm_mcp.content import OCTET_STREAM, SNIFF_BYTES, detect_mime, normalize_mime
 from crm_mcp.errors import AccessDeniedError, InvalidInputError, NotFoundError, TooLargeError
 from crm_mcp.http import new_client
+from crm_mcp.progress import Progress
 from crm_mcp.resources import open_resource
 
 __all__ = [
@@ -51,8 +52,6 @@ _SOURCE_FIELDS: tuple[SourceKind, ...] = ("path", "url", "resource_uri", "conten
 _GENERIC_TYPES = {OCTET_STREAM, "text/plain", "application/zip", "application/x-ole-storage", "binary/octet-stream"}
 _DATA_URL = re.compile(r"^data:(?P<mime>[^;,]*)(?:;[^,]*)?;base64,", re.IGNORECASE)
 _BAD_NAME_CHARS = re.compile(r"[\x00-\x1f\x7f/\\]")
-
-Progress = Callable[[int, int | None], Awaitable[None]]
 
 
 class SourceSpec(BaseModel):

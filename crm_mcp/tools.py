@@ -12,7 +12,6 @@ import base64
 import hashlib
 import os
 import tempfile
-import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -48,6 +47,7 @@ from crm_mcp.models import (
     SaveFileResult,
     UploadResult,
 )
+from crm_mcp.progress import Progress, ThrottledProgress
 from crm_mcp.resources import open_resource, read_all
 from crm_mcp.sources import SourceContext, check_file_name, make_source, open_source, resolve_writable
 from crm_mcp.uris import parse_crm_uri
@@ -122,24 +122,6 @@ def _result(structured: Any, text: str, *blocks: ContentBlock | None) -> CallToo
     content: list[ContentBlock] = [TextContent(type="text", text=text)]
     content.extend(block for block in blocks if block is not None)
     return CallToolResult(content=content, structured_content=structured.model_dump(mode="json"))
-
-
-class _Progress:
-    """Throttled `notifications/progress` (a no-op when the client sent no progressToken): keeps
-    clients that time out idle calls alive during long transfers without flooding them."""
-
-    def __init__(self, ctx: Context[Any, Any], verb: str) -> None:
-        self._ctx = ctx
-        self._verb = verb
-        self._last = 0.0
-
-    async def __call__(self, done: int, total: int | None) -> None:
-        now = time.monotonic()
-        if done != total and now - self._last < 0.2:
-            return
-        self._last = now
-        of = f" of {total:,}" if total is not None else ""
-        await self._ctx.report_progress(done, total, f"{self._verb} {done:,}{of} bytes")
 
 
 # ------------------------------------------------------------------------------------------- tools
@@ -235,7 +217,7 @@ async def upload_attachment(
     if record_type not in crm.capabilities.upload_record_types:
         allowed = ", ".join(crm.capabilities.upload_record_types)
         raise InvalidInputError(f"backend '{crm.name}' cannot attach files to a {record_type} (it supports: {allowed})")
-    context = SourceContext(app=app, progress=_Progress(ctx, "uploaded"))
+    context = SourceContext(app=app, progress=ThrottledProgress(ctx, "uploaded"))
     async with open_source(source, context, file_name=file_name, mime_type=mime_type) as upload:
         entry = await crm.upload_attachment(record_type, record_id, upload)
     info = FileInfo.of(crm.name, entry)
@@ -265,7 +247,7 @@ async def bind_photo(
     crm = app.backend(backend)
     if not crm.capabilities.bind_photo:
         raise InvalidInputError(f"backend '{crm.name}' ({crm.vendor}) cannot set contact photos")
-    context = SourceContext(app=app, progress=_Progress(ctx, "uploaded"))
+    context = SourceContext(app=app, progress=ThrottledProgress(ctx, "uploaded"))
     async with open_source(source, context, file_name=file_name, mime_type=mime_type) as upload:
         if not is_image(upload.mime_type):
             raise InvalidInputError(
@@ -382,7 +364,7 @@ async def save_file(
     Returns the path written, the size and the SHA-256 of the bytes."""
     app = _app(ctx)
     parse_crm_uri(resource_uri)
-    progress = _Progress(ctx, "saved")
+    progress = ThrottledProgress(ctx, "saved")
     async with open_resource(app, resource_uri) as download:
         target = resolve_writable(path, app.settings.files.roots, download.name)
         if target.exists() and not overwrite:
@@ -421,7 +403,7 @@ async def list_backends(ctx: Context[Any, Any]) -> Annotated[CallToolResult, Lis
 
 
 async def _write_atomically(
-    chunks: Any, target: Path, overwrite: bool, expected: int | None, limit: int, progress: _Progress
+    chunks: Any, target: Path, overwrite: bool, expected: int | None, limit: int, progress: Progress
 ) -> tuple[int, str]:
     """Stream into a temporary file beside `target`, then move it into place in one step, so a
     failed or cut transfer never leaves a partial file under the requested name."""

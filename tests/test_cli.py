@@ -74,11 +74,12 @@ def test_version(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
-async def test_stdio_round_trip_upload_list_read(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_stdio_round_trip_upload_list_read(tmp_path: Path, mode: str) -> None:
     params = StdioServerParameters(
         command=sys.executable, args=["-m", "crm_mcp", "serve"], env=env_for(tmp_path), cwd=str(tmp_path)
     )
-    async with Client(params, mode="legacy") as client:
+    async with Client(params, mode=mode) as client:
         tools = await client.list_tools()
         assert len(tools.tools) == 8
         found = await client.call_tool("find_records", {"record_type": "case", "query": "Printer on fire"})

@@ -473,3 +473,17 @@ async def test_upload_to_an_account(client: Client) -> None:
     )
     assert entry["record_type"] == "account"
     assert await read_bytes(client, entry["resource_uri"]) == (b"hi", "text/plain")
+
+
+def test_readme_names_the_demo_ids() -> None:
+    """The README promises these ids to newcomers; they must stay what the store seeds."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    for record_id in (
+        demo.CASE_PRINTER_ON_FIRE,
+        demo.CASE_INVOICE_VAT,
+        demo.CONTACT_ALEXANDER_WILSON,
+        demo.CONTACT_JOHN_BEST,
+        demo.CONTACT_MARIA_GARCIA,
+        demo.ACCOUNT_NORTHWIND,
+    ):
+        assert f"`{record_id}`" in readme
