@@ -22,6 +22,7 @@ import importlib.resources
 import re
 import tomllib
 from collections.abc import Iterable
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -56,15 +57,16 @@ class PromptFile(BaseModel):
     body: str = ""
 
 
-def prompt_directory() -> Path:
-    """Where the prompt files are: inside the installed wheel, or `prompts/` of a source checkout."""
+def prompt_directory() -> Traversable:
+    """Where the prompt files are: inside the installed wheel (the data package
+    `crm_mcp._prompt_files`), or `prompts/` of a source checkout (editable installs)."""
     try:
-        return Path(str(importlib.resources.files("crm_mcp._prompt_files")))
+        return importlib.resources.files("crm_mcp._prompt_files")
     except ModuleNotFoundError:
         return Path(__file__).resolve().parent.parent / "prompts"
 
 
-def parse_prompt_file(path: Path) -> PromptFile:
+def parse_prompt_file(path: Traversable) -> PromptFile:
     """Parse one file; `ValueError` naming the file when it is malformed (a packaging bug, not user input)."""
     match = _FRONT_MATTER.match(path.read_text(encoding="utf-8"))
     if not match:
@@ -78,9 +80,13 @@ def parse_prompt_file(path: Path) -> PromptFile:
     return prompt
 
 
-def load_prompt_files(directory: Path | None = None) -> list[PromptFile]:
+def load_prompt_files(directory: Traversable | None = None) -> list[PromptFile]:
+    """Every `*.md` prompt; none at all means a broken installation, which must not pass silently."""
     directory = directory or prompt_directory()
-    return [parse_prompt_file(path) for path in sorted(directory.glob("*.md"))]
+    files = sorted((entry for entry in directory.iterdir() if entry.name.endswith(".md")), key=lambda e: e.name)
+    if not files:
+        raise RuntimeError(f"no prompt files found in {directory}: the installation is incomplete")
+    return [parse_prompt_file(path) for path in files]
 
 
 def render(prompt: PromptFile, arguments: dict[str, Any]) -> str:

@@ -155,3 +155,24 @@ def test_tool_error_exits_5_with_the_message(inspector_cli: list[str], home: Pat
     assert output is not None
     result = output["result"]
     assert "not a valid id" in result["content"][0]["text"]
+
+
+def test_bind_photo_then_read_it_back(inspector_cli: list[str], home: Path) -> None:
+    photo = base64.b64decode(
+        "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+    )
+    (home / "new-face.png").write_bytes(photo)  # the server's working directory is its one allowed root
+    found = call_tool(inspector_cli, home, "find_records", {"record_type": "contact", "query": "John Best"})
+    contact_id = found["structuredContent"]["records"][0]["id"]
+    bound = call_tool(inspector_cli, home, "bind_photo", {"contact_id": contact_id, "path": "new-face.png"})
+    uri = bound["structuredContent"]["photo"]["resource_uri"]
+
+    shown = call_tool(inspector_cli, home, "get_contact_photo", {"contact_id": contact_id})
+    images = [block for block in shown["content"] if block["type"] == "image"]
+    assert base64.b64decode(images[0]["data"]) == photo
+
+    code, output, stderr = run(inspector_cli, home, "--method", "resources/read", "--uri", uri)
+    assert code == 0, stderr
+    assert output is not None
+    (content,) = output["result"]["contents"]
+    assert (content["mimeType"], base64.b64decode(content["blob"])) == ("image/png", photo)

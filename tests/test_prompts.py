@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -60,3 +64,41 @@ async def test_get_prompt_without_a_required_argument_fails(client: Client) -> N
 async def test_unknown_prompt_lists_the_available_ones(client: Client) -> None:
     with pytest.raises(MCPError, match=r"available prompts: .*review_case_files"):
         await client.get_prompt("nope", {})
+
+
+@pytest.mark.integration
+def test_the_wheel_ships_the_prompts(tmp_path: Path) -> None:
+    """A non-editable install finds prompts/ as the data package crm_mcp._prompt_files."""
+    repo = Path(__file__).resolve().parent.parent
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(repo),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = tmp_path.glob("crm_mcp-*.whl")
+    unpacked = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(unpacked)
+    assert sorted(path.name for path in (unpacked / "crm_mcp" / "_prompt_files").iterdir()) == sorted(
+        path.name for path in (repo / "prompts").glob("*.md")
+    )
+    names = subprocess.run(
+        [sys.executable, "-c", "from crm_mcp.prompts import load_prompt_files; print(len(load_prompt_files()))"],
+        env={**os.environ, "PYTHONPATH": str(unpacked)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert int(names.stdout) == len(list((repo / "prompts").glob("*.md")))

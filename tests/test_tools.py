@@ -487,3 +487,47 @@ def test_readme_names_the_demo_ids() -> None:
         demo.ACCOUNT_NORTHWIND,
     ):
         assert f"`{record_id}`" in readme
+
+
+async def test_copy_to_a_missing_record_on_another_backend_names_it(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    toml = (
+        'default_backend = "a"\n'
+        f'[backends.a]\nvendor = "local"\npath = "{tmp_path / "a"}"\n'
+        f'[backends.b]\nvendor = "local"\npath = "{tmp_path / "b"}"\ndemo_data = false\n'
+    )
+    async with Client(build_server(make_settings(toml))) as client:
+        source = (await all_files(client, await printer_case(client)))[0]
+        target_case = demo.CASE_PRINTER_ON_FIRE
+        message = await error(
+            client,
+            "upload_attachment",
+            backend="b",
+            record_id=target_case,
+            file_name=source["name"],
+            resource_uri=source["resource_uri"],
+        )
+        assert "not found on backend 'b'" in message  # b is empty: the copy needs a record there
+
+
+async def test_copy_into_another_backend_round_trips(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    toml = (
+        'default_backend = "a"\n'
+        f'[backends.a]\nvendor = "local"\npath = "{tmp_path / "a"}"\n'
+        f'[backends.b]\nvendor = "local"\npath = "{tmp_path / "b"}"\n'
+    )
+    async with Client(build_server(make_settings(toml))) as client:
+        source = (await all_files(client, await printer_case(client)))[0]
+        copied = await ok(
+            client,
+            "upload_attachment",
+            backend="b",
+            record_id=demo.CASE_INVOICE_VAT,
+            file_name=source["name"],
+            resource_uri=source["resource_uri"],
+        )
+        assert copied["resource_uri"].startswith("crm://b/files/")
+        assert await read_bytes(client, copied["resource_uri"]) == await read_bytes(client, source["resource_uri"])
+        listed = (await ok(client, "list_case_files", backend="b", case_id=demo.CASE_INVOICE_VAT))["files"]
+        assert copied["file_id"] in [file["file_id"] for file in listed]
