@@ -4,11 +4,14 @@ A harness starts whatever the backend needs (nothing for `local`; a vendor simul
 yields the `[backends.<name>]` TOML that points at it, and names the ids the suite needs. The data
 must contain what the demo set has: a case titled "Printer on fire" with three or more files of
 different types, the contact "Alexander Wilson" with a photo and the contact "John Best" without.
-Each vendor issue adds its harness to `HARNESSES`; the tests themselves stay as they are.
+Each vendor adds a module `tests/contract/harness_<vendor>.py` defining `HARNESS`; it is picked up
+here, and the tests themselves stay as they are.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -34,11 +37,21 @@ async def _local(scratch: Path) -> AsyncIterator[str]:
     yield f'[backends.local]\nvendor = "local"\npath = "{scratch / "store"}"\n'
 
 
-HARNESSES: dict[str, Harness] = {
-    "local": Harness(
-        backend="local",
-        start=_local,
-        missing_id="6f1c2a4e-0000-4000-8000-000000000000",
-        malformed_id="CS-1001",
-    ),
-}
+LOCAL = Harness(
+    backend="local",
+    start=_local,
+    missing_id="6f1c2a4e-0000-4000-8000-000000000000",
+    malformed_id="CS-1001",
+)
+
+
+def _discover() -> dict[str, Harness]:
+    harnesses = {LOCAL.backend: LOCAL}
+    for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        if module.name.startswith("harness_"):
+            harness: Harness = importlib.import_module(f"tests.contract.{module.name}").HARNESS
+            harnesses[harness.backend] = harness
+    return harnesses
+
+
+HARNESSES: dict[str, Harness] = _discover()
