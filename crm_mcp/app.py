@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
+import httpx
+
 from crm_mcp.backends import Backend, BackendContext, vendor_class
 from crm_mcp.config import Settings
 from crm_mcp.errors import NotFoundError
@@ -39,9 +41,12 @@ class CrmApp:
             ) from None
 
 
-def build_backends(settings: Settings) -> dict[str, Backend]:
-    """Construct (not open) one backend per configured entry."""
-    context = BackendContext(home=settings.home, max_transfer_bytes=settings.limits.max_transfer_bytes)
+def build_backends(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> dict[str, Backend]:
+    """Construct (not open) one backend per configured entry. `transport` is the tests' seam for
+    in-process vendor simulators."""
+    context = BackendContext(
+        home=settings.home, max_transfer_bytes=settings.limits.max_transfer_bytes, transport=transport
+    )
     backends: dict[str, Backend] = {}
     for name, backend_settings in settings.backends.items():
         cls = vendor_class(backend_settings.vendor)
@@ -50,10 +55,10 @@ def build_backends(settings: Settings) -> dict[str, Backend]:
 
 
 @asynccontextmanager
-async def open_app(settings: Settings) -> AsyncIterator[CrmApp]:
+async def open_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> AsyncIterator[CrmApp]:
     """Open every backend for the lifetime of the server; close them all on the way out."""
     async with AsyncExitStack() as stack:
-        backends = build_backends(settings)
+        backends = build_backends(settings, transport)
         for name, backend in backends.items():
             await stack.enter_async_context(backend)
             logger.info("backend %s (%s) ready", name, backend.vendor)

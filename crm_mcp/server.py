@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 from mcp.server.lowlevel.helper_types import ReadResourceContents
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError, UnexpectedToolError
@@ -112,12 +113,14 @@ def _describe_validation(tool: str, error: ValidationError) -> str:
     return f"Invalid arguments for {tool}: " + "; ".join(problems) + ". See the tool's input schema."
 
 
-def build_server(settings: Settings) -> CrmServer:
-    """The complete server for these settings; backends open when it starts and close when it stops."""
+def build_server(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None) -> CrmServer:
+    """The complete server for these settings; backends open when it starts and close when it stops.
+
+    `transport` routes vendor backends' HTTP through e.g. an in-process simulator (tests only)."""
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[CrmApp]) -> AsyncIterator[CrmApp]:
-        async with open_app(settings) as app:
+        async with open_app(settings, transport) as app:
             yield app
 
     server = CrmServer(

@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
+import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from crm_mcp.errors import InvalidInputError
@@ -136,6 +137,9 @@ class BackendContext:
     """crm-mcp's data directory (`$CRM_MCP_HOME` or the platform's user data directory)."""
     max_transfer_bytes: int
     """Largest upload or download; backends refuse bigger payloads with `TooLargeError`."""
+    transport: httpx.AsyncBaseTransport | None = None
+    """For tests: the httpx transport vendor backends send through (e.g. `httpx.ASGITransport` around
+    a simulator). None in production: real network connections."""
 
 
 @runtime_checkable

@@ -303,6 +303,22 @@ class _Connections:
             conn.close()
 
 
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Switch the store to WAL once. The switch needs the database to itself and SQLite does not
+    wait for it (busy_timeout does not apply), so when another process is busy seeding a new store we
+    retry until it is done — by then it has usually made the switch for us."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 @contextmanager
 def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """One write transaction: the write lock is taken at BEGIN, so it never deadlocks on upgrade."""
@@ -417,7 +433,7 @@ class LocalBackend:
                 folder.mkdir(parents=True, exist_ok=True)
             self._sweep_stale_temp_files()
             with pool.lend() as conn:
-                conn.execute("PRAGMA journal_mode = WAL")
+                _use_wal(conn)
                 with _transaction(conn):
                     self._migrate(conn)
                     if self.settings.demo_data and self._is_empty(conn):
