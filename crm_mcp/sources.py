@@ -266,21 +266,36 @@ async def _check_address(url: httpx.URL, allow_private: bool) -> None:
     if url.scheme not in ("http", "https"):
         raise InvalidInputError(f"url scheme {url.scheme!r} is not allowed: only http and https URLs can be fetched")
     if not url.host:
-        raise InvalidInputError(f"url {str(url)!r} has no host")
+        raise InvalidInputError(f"url {_shown(url)!r} has no host")
     if allow_private:
         return
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
         infos = await anyio.getaddrinfo(url.host, port, type=0)
     except OSError:
-        raise InvalidInputError(f"cannot resolve the host of {str(url)!r}: check the URL") from None
+        raise InvalidInputError(f"cannot resolve the host of {_shown(url)!r}: check the URL") from None
     for info in infos:
         address = str(info[4][0])
         if not _is_public(address):
             raise AccessDeniedError(
-                f"url {str(url)!r} points to a private, loopback or link-local address ({address}); this server "
+                f"url {_shown(url)!r} points to a private, loopback or link-local address ({address}); this server "
                 "only fetches public addresses unless files.allow_private_urls is true"
             )
+
+
+def _shown(url: httpx.URL) -> str:
+    """A URL as it may appear in a message: no user info, no query (presigned URLs carry secrets there)."""
+    return str(url.copy_with(userinfo=b"", query=None, fragment=None))
+
+
+def _declared_type(value: str | None) -> str | None:
+    """A server's Content-Type, if it is a well-formed one (a bad header is no reason to refuse a file)."""
+    if not value:
+        return None
+    try:
+        return normalize_mime(value)
+    except InvalidInputError:
+        return None
 
 
 def _name_from_response(response: httpx.Response) -> str | None:
@@ -296,8 +311,8 @@ def _name_from_response(response: httpx.Response) -> str | None:
 async def _open_url(value: str, context: SourceContext) -> AsyncIterator[_Raw]:
     try:
         url = httpx.URL(value.strip())
-    except (httpx.InvalidURL, TypeError):
-        raise InvalidInputError(f"url {value!r} is not a valid URL") from None
+    except (httpx.InvalidURL, TypeError, ValueError):
+        raise InvalidInputError("url is not a valid URL: give a full http(s) address") from None
     allow_private = context.app.settings.files.allow_private_urls
     async with new_client(headers={"Accept-Encoding": "identity"}) as client:
         for _ in range(MAX_REDIRECTS + 1):
@@ -305,28 +320,30 @@ async def _open_url(value: str, context: SourceContext) -> AsyncIterator[_Raw]:
             try:
                 response = await client.send(client.build_request("GET", url), stream=True)
             except httpx.HTTPError as exc:
-                raise InvalidInputError(f"could not fetch {str(url)!r}: {type(exc).__name__}") from None
+                raise InvalidInputError(f"could not fetch {_shown(url)!r}: {type(exc).__name__}") from None
             if not response.is_redirect:
                 break
             await response.aclose()
-            url = response.url.join(response.headers["location"])
+            location = response.headers.get("location")
+            if not location:
+                raise InvalidInputError(f"url {_shown(url)!r} redirected without saying where to")
+            url = response.url.join(location)
         else:
-            raise InvalidInputError(f"url {value!r} redirected more than {MAX_REDIRECTS} times")
+            raise InvalidInputError(f"url {_shown(url)!r} redirected more than {MAX_REDIRECTS} times")
         try:
             if response.status_code != 200:
                 raise InvalidInputError(
-                    f"url {str(url)!r} answered HTTP {response.status_code}; check that it is a direct download link"
+                    f"url {_shown(url)!r} answered HTTP {response.status_code}; check that it is a direct download link"
                 )
-            declared = response.headers.get("content-type")
-            declared = normalize_mime(declared) if declared else None
+            declared = _declared_type(response.headers.get("content-type"))
             name = _name_from_response(response)
             length = response.headers.get("content-length")
             if length is not None and length.isdigit():
                 size = int(length)
-                _check_size(name or str(url), size, context.limit)
+                _check_size(name or _shown(url), size, context.limit)
                 yield _Raw(name, size, declared, _response_chunks(response))
             else:
-                async with _spooled(_response_chunks(response), context.limit, name or str(url)) as (chunks, size):
+                async with _spooled(_response_chunks(response), context.limit, name or _shown(url)) as (chunks, size):
                     yield _Raw(name, size, declared, chunks)
         finally:
             await response.aclose()
@@ -339,7 +356,9 @@ async def _response_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
         async for chunk in response.aiter_raw(CHUNK_SIZE):
             yield chunk
     except httpx.HTTPError as exc:
-        raise InvalidInputError(f"the download from {str(response.url)!r} broke off ({type(exc).__name__})") from None
+        raise InvalidInputError(
+            f"the download from {_shown(response.url)!r} broke off ({type(exc).__name__})"
+        ) from None
 
 
 # ------------------------------------------------------------------------------------ other sources

@@ -32,7 +32,7 @@ from pydantic import Field
 from crm_mcp.app import CrmApp
 from crm_mcp.backends.base import FindType, RecordType
 from crm_mcp.content import is_image, is_text
-from crm_mcp.errors import InvalidInputError, TooLargeError
+from crm_mcp.errors import InvalidInputError, TooLargeError, UnsupportedError
 from crm_mcp.models import (
     BackendInfo,
     BindPhotoResult,
@@ -118,6 +118,16 @@ def _link(info: FileInfo) -> ResourceLink | None:
     )
 
 
+def _photo_link(contact_id: str, info: PhotoInfo) -> ResourceLink:
+    return ResourceLink(
+        type="resource_link",
+        uri=info.resource_uri,
+        name=f"photo of contact {contact_id}",
+        mime_type=info.mime_type,
+        size=info.size,
+    )
+
+
 def _result(structured: Any, text: str, *blocks: ContentBlock | None) -> CallToolResult:
     content: list[ContentBlock] = [TextContent(type="text", text=text)]
     content.extend(block for block in blocks if block is not None)
@@ -168,13 +178,7 @@ async def get_contact_photo(
         f"Contact {contact_id} on backend '{crm.name}' has a photo: {info.mime_type}, {_size(info.size)}; "
         f"photo_id={info.photo_id}; resource_uri={info.resource_uri}"
     )
-    link = ResourceLink(
-        type="resource_link",
-        uri=info.resource_uri,
-        name=f"photo of contact {contact_id}",
-        mime_type=info.mime_type,
-        size=info.size,
-    )
+    link = _photo_link(contact_id, info)
     image = None
     limit = app.settings.limits.inline_bytes
     if info.mime_type in INLINE_IMAGE_TYPES and (info.size is None or info.size <= limit):
@@ -216,7 +220,7 @@ async def upload_attachment(
     crm = app.backend(backend)
     if record_type not in crm.capabilities.upload_record_types:
         allowed = ", ".join(crm.capabilities.upload_record_types)
-        raise InvalidInputError(f"backend '{crm.name}' cannot attach files to a {record_type} (it supports: {allowed})")
+        raise UnsupportedError(f"backend '{crm.name}' cannot attach files to a {record_type} (it supports: {allowed})")
     context = SourceContext(app=app, progress=ThrottledProgress(ctx, "uploaded"))
     async with open_source(source, context, file_name=file_name, mime_type=mime_type) as upload:
         entry = await crm.upload_attachment(record_type, record_id, upload)
@@ -246,7 +250,7 @@ async def bind_photo(
     app = _app(ctx)
     crm = app.backend(backend)
     if not crm.capabilities.bind_photo:
-        raise InvalidInputError(f"backend '{crm.name}' ({crm.vendor}) cannot set contact photos")
+        raise UnsupportedError(f"backend '{crm.name}' ({crm.vendor}) cannot set contact photos")
     context = SourceContext(app=app, progress=ThrottledProgress(ctx, "uploaded"))
     async with open_source(source, context, file_name=file_name, mime_type=mime_type) as upload:
         if not is_image(upload.mime_type):
@@ -260,13 +264,7 @@ async def bind_photo(
         f"Photo of contact {contact_id} on backend '{crm.name}' is now {info.mime_type}, {_size(info.size)}; "
         f"photo_id={info.photo_id}; resource_uri={info.resource_uri}"
     )
-    link = ResourceLink(
-        type="resource_link",
-        uri=info.resource_uri,
-        name=f"photo of contact {contact_id}",
-        mime_type=info.mime_type,
-        size=info.size,
-    )
+    link = _photo_link(contact_id, info)
     return _result(result, text, link)
 
 

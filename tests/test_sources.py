@@ -262,3 +262,12 @@ async def test_url_over_the_limit_is_refused_from_its_length(
     )
     with pytest.raises(TooLargeError):
         await read_source(settings, url=f"{web}/photo.png")
+
+
+async def test_url_errors_never_echo_credentials_or_query(private_ok: Settings, web: str) -> None:
+    secret_url = web.replace("http://", "http://user:hunter2@") + "/missing?X-Amz-Signature=s3cr3t"
+    with pytest.raises(InvalidInputError) as caught:
+        await read_source(private_ok, url=secret_url)
+    assert "HTTP 404" in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+    assert "s3cr3t" not in str(caught.value)
