@@ -48,6 +48,7 @@ class CrmServer(MCPServer[CrmApp]):
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[CrmApp, Any] | None = None
     ) -> CallToolResult | InputRequiredResult:
+        await self._refuse_unknown_arguments(name, arguments)
         try:
             return await super().call_tool(name, arguments, context)
         except UnexpectedToolError as exc:
@@ -58,6 +59,20 @@ class CrmServer(MCPServer[CrmApp]):
             if isinstance(exc.__cause__, ValidationError):
                 raise ToolError(_describe_validation(name, exc.__cause__)) from exc.__cause__
             raise
+
+    async def _refuse_unknown_arguments(self, name: str, arguments: dict[str, Any]) -> None:
+        """The SDK silently drops arguments a tool does not take, so a misspelt `limt` would quietly
+        do the default thing; a model is better served by being told."""
+        tool = next((tool for tool in await self.list_tools() if tool.name == name), None)
+        if tool is None:
+            return  # the SDK's own "Unknown tool" error follows
+        known = set(tool.input_schema.get("properties", {}))
+        unknown = sorted(set(arguments) - known)
+        if unknown:
+            raise ToolError(
+                f"Invalid arguments for {name}: unknown argument(s) {', '.join(unknown)}; "
+                f"this tool takes: {', '.join(sorted(known)) or 'no arguments'}"
+            )
 
     async def get_prompt(
         self, name: str, arguments: dict[str, Any] | None = None, context: Context[CrmApp, Any] | None = None

@@ -531,3 +531,9 @@ async def test_copy_into_another_backend_round_trips(make_settings: Callable[...
         assert await read_bytes(client, copied["resource_uri"]) == await read_bytes(client, source["resource_uri"])
         listed = (await ok(client, "list_case_files", backend="b", case_id=demo.CASE_INVOICE_VAT))["files"]
         assert copied["file_id"] in [file["file_id"] for file in listed]
+
+
+async def test_misspelt_argument_is_refused_with_the_known_ones(client: Client) -> None:
+    message = await error(client, "list_case_files", case_id=MISSING_GUID, limt=5)
+    assert "unknown argument(s) limt" in message
+    assert "limit" in message
