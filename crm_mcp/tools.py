@@ -227,6 +227,8 @@ async def upload_attachment(
     info = FileInfo.of(crm.name, entry)
     result = UploadResult(**info.model_dump(), backend=crm.name, record_type=record_type, record_id=record_id)
     text = f"Attached to {record_type} {record_id} on backend '{crm.name}':\n{_file_line(info)}"
+    if info.name != upload.name:
+        text += f"\nNote: the CRM stored the file as {info.name!r}, not {upload.name!r} (its name limits)."
     return _result(result, text, _link(info))
 
 

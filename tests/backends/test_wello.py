@@ -590,3 +590,28 @@ async def test_a_50_mib_file_moves_with_little_memory(tmp_path: Path) -> None:
     # Well below the file's 50 MiB (and its 67 MiB of base64): a few chunks at a time.
     assert upload_peak < 8 * 1024 * 1024, upload_peak
     assert download_peak < 8 * 1024 * 1024, download_peak
+
+
+@pytest.mark.anyio
+async def test_a_shortened_name_is_said_in_the_tool_result(tmp_path: Path) -> None:
+    from mcp import Client
+
+    from crm_mcp.config import load_settings
+    from crm_mcp.server import build_server
+    from tests.contract.harness_wello import HARNESS
+
+    async with HARNESS.start(tmp_path) as started:
+        config = tmp_path / "crm-mcp.toml"
+        config.write_text(started.toml, encoding="utf-8")
+        settings = load_settings(str(config), env={"CRM_MCP_HOME": str(tmp_path / "home")}, cwd=tmp_path)
+        async with Client(build_server(settings)) as client:
+            found = await client.call_tool("find_records", {"record_type": "case", "query": "Printer on fire"})
+            case_id = found.structured_content["records"][0]["id"]
+            long_name = "quarterly-report-" + "x" * 120 + ".pdf"
+            result = await client.call_tool(
+                "upload_attachment", {"record_id": case_id, "file_name": long_name, "content_text": "%PDF-1.4"}
+            )
+    stored = result.structured_content["name"]
+    assert len(stored) <= 100
+    assert stored.endswith(".pdf")
+    assert f"the CRM stored the file as {stored!r}" in result.content[0].text

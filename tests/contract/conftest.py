@@ -11,7 +11,7 @@ from mcp import Client
 
 from crm_mcp.config import load_settings
 from crm_mcp.server import build_server
-from tests.contract.harnesses import HARNESSES, Harness, Started
+from tests.contract.harnesses import HARNESSES, Harness
 
 
 @dataclass
@@ -28,8 +28,7 @@ class Crm:
 @pytest.fixture(params=sorted(HARNESSES))
 async def crm(request: pytest.FixtureRequest, tmp_path: Path, files_root: Path) -> AsyncIterator[Crm]:
     harness = HARNESSES[request.param]
-    async with harness.start(tmp_path / "backend") as yielded:
-        started = Started(yielded) if isinstance(yielded, str) else yielded
+    async with harness.start(tmp_path / "backend") as started:
         config = tmp_path / "crm-mcp.toml"
         # allow_private_urls: the suite serves URL sources from loopback.
         files = f'[files]\nroots = ["{files_root}"]\nallow_private_urls = true\n'

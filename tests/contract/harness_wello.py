@@ -8,17 +8,17 @@ from pathlib import Path
 
 import anyio.to_thread
 
-from tests.contract.harnesses import Harness
+from tests.contract.harnesses import Harness, Started
 from tests.simulators.wello import WelloSimulator, serve
 
 
 @asynccontextmanager
-async def _wello(scratch: Path) -> AsyncIterator[str]:
+async def _wello(scratch: Path) -> AsyncIterator[Started]:
     sim = WelloSimulator().seed()
     manager = serve(sim)
     url = await anyio.to_thread.run_sync(manager.__enter__)
     try:
-        yield (
+        yield Started(
             "[backends.wello]\n"
             'vendor = "wello"\n'
             f'url = "{url}"\n'
