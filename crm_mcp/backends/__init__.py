@@ -16,6 +16,7 @@ __all__ = ["VENDORS", "Backend", "BackendContext", "BackendSettings", "vendor_cl
 VENDORS: dict[str, str] = {
     "local": "crm_mcp.backends.local:LocalBackend",
     "creatio": "crm_mcp.backends.creatio:CreatioBackend",
+    "espocrm": "crm_mcp.backends.espocrm:EspoCrmBackend",
     "wello": "crm_mcp.backends.wello:WelloBackend",
 }
 """vendor name → `module:Class` implementing `Backend`."""

@@ -1,0 +1,589 @@
+"""EspoCRM-specific behaviour of the backend, against the simulator (and the simulator's own fidelity)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import random
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from crm_mcp.backends.base import BackendContext, Upload
+from crm_mcp.backends.espocrm import MAX_SIZE, EspoCrmBackend, EspoCrmSettings, hmac_header
+from crm_mcp.config import Settings
+from crm_mcp.errors import (
+    AuthenticationError,
+    BackendError,
+    ConfigError,
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    PermissionDeniedError,
+    TooLargeError,
+    UnsupportedError,
+)
+from tests.helpers import PNG_1x1
+from tests.simulators.espocrm import (
+    API_KEY,
+    PASSWORD,
+    SECRET,
+    EspoSimulator,
+    Fault,
+    SimUser,
+    hmac_signature,
+    seeded_simulator,
+)
+
+pytestmark = pytest.mark.anyio
+
+URL = "http://espo.test"
+
+
+def settings(**values: Any) -> EspoCrmSettings:
+    base: dict[str, Any] = {"vendor": "espocrm", "url": URL, "api_key": API_KEY, "contact_photo_field": "cPhoto"}
+    base.update(values)
+    return EspoCrmSettings.model_validate({key: value for key, value in base.items() if value is not None})
+
+
+def backend_for(sim: EspoSimulator, tmp_path: Path, **values: Any) -> EspoCrmBackend:
+    context = BackendContext(home=tmp_path, max_transfer_bytes=50_000_000, transport=httpx.ASGITransport(app=sim))
+    return EspoCrmBackend("espo", settings(**values), context)
+
+
+@pytest.fixture
+def sim() -> EspoSimulator:
+    return seeded_simulator()
+
+
+@pytest.fixture
+async def crm(sim: EspoSimulator, tmp_path: Path) -> AsyncIterator[EspoCrmBackend]:
+    async with backend_for(sim, tmp_path) as opened:
+        yield opened
+
+
+def record(sim: EspoSimulator, entity: str, **match: Any) -> str:
+    for record_id, values in sim.records[entity].items():
+        if all(values.get(key) == value for key, value in match.items()):
+            return record_id
+    raise AssertionError(f"no {entity} {match}")
+
+
+def printer(sim: EspoSimulator) -> str:
+    return record(sim, "Case", name="Printer on fire")
+
+
+async def _chunks(data: bytes, size: int, seen: list[int] | None = None) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), size):
+        if seen is not None:
+            seen.append(start)
+        yield data[start : start + size]
+
+
+def upload_of(data: bytes, name: str = "f.bin", mime: str = "application/octet-stream", **kw: Any) -> Upload:
+    return Upload(name=name, mime_type=mime, size=kw.pop("size", len(data)), chunks=_chunks(data, 10_000))
+
+
+async def read(crm: EspoCrmBackend, file_id: str) -> bytes:
+    async with crm.open_file(file_id) as download:
+        return b"".join([chunk async for chunk in download.chunks])
+
+
+def count(sim: EspoSimulator, method: str, pattern: Callable[[str], bool]) -> int:
+    return sum(1 for verb, path in sim.requests if verb == method and pattern(path))
+
+
+# ------------------------------------------------------------------------------------ auth
+
+
+def test_hmac_header_is_exactly_espocrms() -> None:
+    digest = hmac.new(b"s3cret", b"GET /Case/abc", hashlib.sha256).hexdigest()
+    expected = base64.b64encode(f"key:{digest}".encode()).decode()
+    assert hmac_header("key", "s3cret", "GET", "/api/v1/Case/abc") == expected
+    assert hmac_header("key", "s3cret", "GET", "/espo/api/v1/Case/abc") == expected  # installed in a subfolder
+    assert hmac_signature("key", "s3cret", "GET", "/Case/abc") == expected  # the simulator agrees
+
+
+async def test_hmac_signs_path_only_and_works_with_query_strings(sim: EspoSimulator, tmp_path: Path) -> None:
+    async with backend_for(sim, tmp_path, api_key=API_KEY + "-h", secret_key=SECRET) as crm:
+        found = await crm.find_records("contact", "Alexander Wilson", limit=5)  # a GET with where[...] parameters
+        assert [item.title for item in found] == ["Alexander Wilson"]
+        assert (await crm.list_case_files(printer(sim), limit=10, cursor=None)).files
+        assert "logged in as hmac-user (HMAC)" in await crm.check()
+
+
+async def test_wrong_hmac_secret_is_an_authentication_error(sim: EspoSimulator, tmp_path: Path) -> None:
+    async with backend_for(sim, tmp_path, api_key=API_KEY + "-h", secret_key="wrong-secret") as crm:
+        with pytest.raises(AuthenticationError) as caught:
+            await crm.check()
+    assert "wrong-secret" not in str(caught.value)
+
+
+async def test_basic_auth_and_check(sim: EspoSimulator, tmp_path: Path) -> None:
+    async with backend_for(sim, tmp_path, api_key=None, username="jane", password=PASSWORD) as crm:
+        line = await crm.check()
+    assert "jane" in line and "Basic" in line and PASSWORD not in line
+
+
+async def test_401_is_never_retried_and_names_the_backend(sim: EspoSimulator, tmp_path: Path) -> None:
+    async with backend_for(sim, tmp_path, api_key="not-the-key") as crm:
+        with pytest.raises(AuthenticationError) as caught:
+            await crm.list_case_files(printer(sim), limit=5, cursor=None)
+        assert len(sim.requests) == 1
+        with pytest.raises(AuthenticationError):
+            await crm.upload_attachment("case", printer(sim), upload_of(b"x" * 100))
+        assert len(sim.requests) == 2  # the record check failed; no bytes were sent
+    message = str(caught.value)
+    assert "'espo'" in message and "401" in message and "not-the-key" not in message
+
+
+async def test_failed_login_lockout_blocks_everyone(sim: EspoSimulator, tmp_path: Path) -> None:
+    """The simulator's lockout: more than 10 failures in 60 s → bare 403 for every request."""
+    now = [1000.0]
+    sim.clock = lambda: now[0]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sim), base_url=URL) as client:
+        for _ in range(11):
+            assert (await client.get("/api/v1/App/user", headers={"X-Api-Key": "bad"})).status_code == 401
+        blocked = await client.get("/api/v1/App/user", headers={"X-Api-Key": API_KEY})
+        assert (blocked.status_code, blocked.content, blocked.headers.get("X-Status-Reason")) == (403, b"", None)
+        async with backend_for(sim, tmp_path) as crm:
+            with pytest.raises(PermissionDeniedError, match="failed logins"):
+                await crm.check()
+        now[0] += 61
+        assert (await client.get("/api/v1/App/user", headers={"X-Api-Key": API_KEY})).status_code == 200
+
+
+# ------------------------------------------------------------------------------------ ids
+
+
+@pytest.mark.parametrize("bad", ["../etc", "a b", "x?y=1", "", "abc/def", "a" * 40, "#1001"])
+async def test_malformed_ids_send_nothing(crm: EspoCrmBackend, sim: EspoSimulator, bad: str) -> None:
+    calls = [
+        crm.list_case_files(bad, limit=5, cursor=None),
+        crm.get_contact_photo(bad),
+        crm.upload_attachment("case", bad, upload_of(b"x")),
+        crm.bind_photo(bad, upload_of(PNG_1x1, "p.png", "image/png")),
+    ]
+    for call in calls:
+        with pytest.raises(InvalidInputError, match="not a valid id"):
+            await call
+    for opener in (crm.open_file, crm.open_contact_photo):
+        with pytest.raises(InvalidInputError, match="not a valid id"):
+            async with opener(bad):
+                pass
+    assert sim.requests == []
+
+
+# ---------------------------------------------------------------------------------- listing
+
+
+async def test_listing_uses_the_field_and_sizes(crm: EspoCrmBackend, sim: EspoSimulator) -> None:
+    page = await crm.list_case_files(printer(sim), limit=10, cursor=None)
+    assert [(file.name, file.mime_type) for file in page.files] == [
+        ("fire-report.pdf", "application/pdf"),
+        ("printer.png", "image/png"),
+        ("log.txt", "text/plain"),
+    ]
+    assert all(file.size and file.created_at for file in page.files)
+    assert count(sim, "GET", lambda path: path.endswith("/attachments")) == 0  # the empty-list quirk is avoided
+
+
+async def test_stream_attachments_are_detected_once_on_8x(crm: EspoCrmBackend, sim: EspoSimulator) -> None:
+    for _ in range(3):
+        await crm.list_case_files(printer(sim), limit=10, cursor=None)
+    assert count(sim, "GET", lambda path: path.endswith("/streamAttachments")) == 1
+
+
+async def test_stream_attachments_are_listed_on_91(tmp_path: Path) -> None:
+    sim = seeded_simulator((9, 1))
+    async with backend_for(sim, tmp_path) as crm:
+        files = (await crm.list_case_files(printer(sim), limit=10, cursor=None)).files
+        assert [file.name for file in files][-1] == "readings.csv"
+        assert files[-1].size == len(b"t,temp\n1,80\n2,300\n")
+        assert await read(crm, files[-1].file_id) == b"t,temp\n1,80\n2,300\n"
+
+
+async def test_paging_and_bad_cursor(crm: EspoCrmBackend, sim: EspoSimulator) -> None:
+    first = await crm.list_case_files(printer(sim), limit=2, cursor=None)
+    assert len(first.files) == 2 and first.next_cursor
+    second = await crm.list_case_files(printer(sim), limit=2, cursor=first.next_cursor)
+    assert [file.name for file in second.files] == ["log.txt"] and second.next_cursor is None
+    other = record(sim, "Case", name="Toner smudges")
+    with pytest.raises(InvalidInputError, match="cursor"):
+        await crm.list_case_files(other, limit=2, cursor=first.next_cursor)
+    with pytest.raises(InvalidInputError, match="cursor"):
+        await crm.list_case_files(printer(sim), limit=2, cursor="garbage")
+
+
+async def test_missing_case_and_file_are_not_found(crm: EspoCrmBackend) -> None:
+    with pytest.raises(NotFoundError, match="case 0123456789abcdef0 was not found"):
+        await crm.list_case_files("0123456789abcdef0", limit=5, cursor=None)
+    with pytest.raises(NotFoundError, match="file"):
+        async with crm.open_file("0123456789abcdef0"):
+            pass
+
+
+async def test_max_size_never_above_200(crm: EspoCrmBackend, sim: EspoSimulator) -> None:
+    await crm.find_records("contact", "a", limit=1000)
+    await crm.find_records("case", "1001", limit=500)
+    sizes = [
+        int(value) for query in sim.queries for key, value in httpx.QueryParams(query).multi_items() if key == "maxSize"
+    ]
+    assert sizes and max(sizes) <= MAX_SIZE
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sim), base_url=URL) as client:
+        refused = await client.get("/api/v1/Contact", params={"maxSize": 201}, headers={"X-Api-Key": API_KEY})
+    assert refused.status_code == 403 and "200" in refused.headers["X-Status-Reason"]
+
+
+async def test_find_case_by_number_first(crm: EspoCrmBackend, sim: EspoSimulator) -> None:
+    found = await crm.find_records("case", "#1001", limit=5)
+    assert [item.id for item in found] == [printer(sim)]
+    assert found[0].title == "#1001 · Printer on fire"
+    assert await crm.find_records("case", "o'brien%_", limit=5) == []  # values are parameters, never syntax
+
+
+async def test_attachment_list_is_admin_only(sim: EspoSimulator) -> None:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sim), base_url=URL) as client:
+        refused = await client.get("/api/v1/Attachment", headers={"X-Api-Key": API_KEY})
+        admin = base64.b64encode(f"admin:{PASSWORD}-admin".encode()).decode()
+        allowed = await client.get("/api/v1/Attachment", headers={"Authorization": f"Basic {admin}"})
+    assert (refused.status_code, refused.content) == (403, b"")
+    assert allowed.status_code == 200 and allowed.json()["total"] >= 4
+
+
+# ---------------------------------------------------------------------------------- uploads
+
+
+async def test_upload_keeps_existing_attachments(crm: EspoCrmBackend, sim: EspoSimulator) -> None:
+    before = sim.case_attachment_ids(printer(sim))
+    entry = await crm.upload_attachment("case", printer(sim), upload_of(b"new file", "new.txt", "text/plain"))
+    assert sim.case_attachment_ids(printer(sim)) == [*before, entry.file_id]
+    assert sim.attachments[entry.file_id].parent_id == printer(sim)
+    assert await read(crm, entry.file_id) == b"new file"
+
+
+async def test_two_concurrent_uploads_keep_everything(crm: EspoCrmBackend, sim: EspoSimulator) -> None:
+    before = sim.case_attachment_ids(printer(sim))
+    entries: list[str] = []
+    sim.latency = 0.01  # both uploads read the case before either links
+
+    async def one(index: int) -> None:
+        entry = await crm.upload_attachment("case", printer(sim), upload_of(b"x" * 50_000, f"c{index}.bin"))
+        entries.append(entry.file_id)
+
+    async with anyio.create_task_group() as group:
+        for index in range(2):
+            group.start_soon(one, index)
+    assert set(sim.case_attachment_ids(printer(sim))) == {*before, *entries}
+
+
+async def test_concurrent_change_is_reread_and_retried_once(crm: EspoCrmBackend, sim: EspoSimulator) -> None:
+    before = sim.case_attachment_ids(printer(sim))
+    sim.concurrent_link_changes = 1  # another client's stale write lands right after ours
+    entry = await crm.upload_attachment("case", printer(sim), upload_of(b"mine", "mine.txt", "text/plain"))
+    after = sim.case_attachment_ids(printer(sim))
+    rival = next(item.id for item in sim.attachments.values() if item.name == "rival.txt")
+    assert set(after) == {*before, rival, entry.file_id}
+    assert count(sim, "PUT", lambda path: path.startswith("/Case/")) == 2
+
+
+async def test_persistent_concurrent_change_fails_and_leaves_no_orphan(crm: EspoCrmBackend, sim: EspoSimulator) -> None:
+    sim.concurrent_link_changes = 2
+    with pytest.raises(ConflictError, match="kept changing"):
+        await crm.upload_attachment("case", printer(sim), upload_of(b"mine", "mine.txt", "text/plain"))
+    assert not [item for item in sim.attachments.values() if item.name == "mine.txt"]
+
+
+async def test_optimistic_concurrency_409_is_retried(tmp_path: Path) -> None:
+    sim = seeded_simulator()
+    sim.optimistic_concurrency = True
+    sim.faults.append(Fault("PUT", r"/Case/\w+", status=409, reason="modified"))
+    async with backend_for(sim, tmp_path) as crm:
+        entry = await crm.upload_attachment("case", printer(sim), upload_of(b"v", "v.txt", "text/plain"))
+    assert entry.file_id in sim.case_attachment_ids(printer(sim))
+
+
+async def test_failed_link_deletes_the_upload(crm: EspoCrmBackend, sim: EspoSimulator) -> None:
+    before = set(sim.attachments)
+    sim.faults.append(Fault("PUT", r"/Case/\w+", status=500, reason="Database is gone."))
+    with pytest.raises(BackendError, match="Database is gone"):
+        await crm.upload_attachment("case", printer(sim), upload_of(b"orphan?", "o.txt", "text/plain"))
+    assert set(sim.attachments) == before
+    assert count(sim, "DELETE", lambda path: path.startswith("/Attachment/")) == 1
+
+
+async def test_upload_to_contact_goes_to_its_stream(crm: EspoCrmBackend, sim: EspoSimulator) -> None:
+    best = record(sim, "Contact", firstName="John")
+    entry = await crm.upload_attachment("contact", best, upload_of(b"hello", "hi.txt", "text/plain"))
+    assert [item.id for item in sim.stream_attachments("Contact", best)] == [entry.file_id]
+    assert await read(crm, entry.file_id) == b"hello"
+
+
+async def test_upload_body_is_streamed_not_buffered(crm: EspoCrmBackend, sim: EspoSimulator) -> None:
+    payload = random.Random(1).randbytes(1_000_001)
+    yielded: list[int] = []
+    received_while: list[int] = []
+    sim.on_body_chunk = lambda size: received_while.append(len(yielded))
+    upload = Upload("big.bin", "application/octet-stream", len(payload), _chunks(payload, 65_536, yielded))
+    entry = await crm.upload_attachment("case", printer(sim), upload)
+    total = len(yielded)
+    assert total == 16
+    # The simulator got body pieces while the source was still being read: never one whole-file body.
+    assert received_while[0] <= 1 and len(received_while) > total // 2
+    assert bytes(sim.attachments[entry.file_id].data) == payload
+
+
+async def test_chunked_upload_above_the_threshold(sim: EspoSimulator, tmp_path: Path) -> None:
+    payload = random.Random(2).randbytes(5_000)
+    async with backend_for(sim, tmp_path, chunk_threshold_bytes=2_000, chunk_size_bytes=1_024) as crm:
+        entry = await crm.upload_attachment("case", printer(sim), upload_of(payload, "chunked.bin"))
+        assert await read(crm, entry.file_id) == payload
+    assert count(sim, "POST", lambda path: path.startswith("/Attachment/chunk/")) == 5
+    assert entry.file_id in sim.case_attachment_ids(printer(sim))
+    assert not sim.attachments[entry.file_id].being_uploaded
+
+
+async def test_truncated_chunked_upload_leaves_nothing(sim: EspoSimulator, tmp_path: Path) -> None:
+    before = set(sim.attachments)
+    async with backend_for(sim, tmp_path, chunk_threshold_bytes=2_000, chunk_size_bytes=1_024) as crm:
+        with pytest.raises(BackendError, match="truncated"):
+            await crm.upload_attachment("case", printer(sim), upload_of(b"y" * 3_000, "short.bin", size=9_000))
+    assert set(sim.attachments) == before
+
+
+async def test_simulator_chunk_errors(sim: EspoSimulator) -> None:
+    headers = {"X-Api-Key": API_KEY}
+    start = {
+        "name": "a.bin",
+        "type": "application/octet-stream",
+        "role": "Attachment",
+        "parentType": "Case",
+        "field": "attachments",
+        "isBeingUploaded": True,
+        "size": 3,
+    }
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sim), base_url=URL) as client:
+        first = (await client.post("/api/v1/Attachment", headers=headers, json=start)).json()["id"]
+        chunk_url = f"/api/v1/Attachment/chunk/{first}"
+        assert (await client.post(chunk_url, headers=headers, content=b"data:x/y;base64,YWJj")).json() is True
+        done = await client.post(chunk_url, headers=headers, content=b"data:x/y;base64,YWJj")
+        assert (done.status_code, done.headers["X-Status-Reason"]) == (403, "Attachment is not being-uploaded.")
+        second = (await client.post("/api/v1/Attachment", headers=headers, json=start)).json()["id"]
+        too_much = await client.post(
+            f"/api/v1/Attachment/chunk/{second}", headers=headers, content=b"data:x/y;base64,YWJjZA=="
+        )
+        assert (too_much.status_code, too_much.headers["X-Status-Reason"]) == (500, "File size mismatch.")
+        bad = await client.post(f"/api/v1/Attachment/chunk/{second}", headers=headers, content=b"YWJj")
+        assert (bad.status_code, bad.headers["X-Status-Reason"]) == (400, "Bad file data.")
+
+
+async def test_simulator_create_checks(sim: EspoSimulator) -> None:
+    headers = {"X-Api-Key": API_KEY}
+    base = {"name": "a.txt", "type": "text/plain", "file": "data:text/plain;base64,YQ=="}
+    cases = [
+        ({"role": "Attachment"}, 400, "No `field` and `parentType`."),
+        ({"role": "Avatar", "parentType": "Case", "field": "attachments"}, 403, "Role not allowed."),
+        ({"role": "Attachment", "parentType": "Case", "field": "nope"}, 403, "Field 'nope' does not exist."),
+        (
+            {"role": "Attachment", "parentType": "Case", "field": "attachments", "file": 1},
+            400,
+            "Non-string file contents.",
+        ),
+    ]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sim), base_url=URL) as client:
+        for extra, status, reason in cases:
+            answer = await client.post("/api/v1/Attachment", headers=headers, json={**base, **extra})
+            assert (answer.status_code, answer.headers["X-Status-Reason"]) == (status, reason)
+        created = await client.post(
+            "/api/v1/Attachment",
+            headers=headers,
+            json={**base, "role": "Attachment", "parentType": "Case", "field": "attachments", "parentId": "x"},
+        )
+    assert created.json()["parentId"] is None  # cleared on create: linking is a second call
+
+
+async def test_too_large_reasons_become_too_large_errors(sim: EspoSimulator, tmp_path: Path) -> None:
+    sim.attachment_max_size = 10
+    async with backend_for(sim, tmp_path, chunk_threshold_bytes=50) as crm:
+        with pytest.raises(TooLargeError, match="should not exceed"):
+            await crm.upload_attachment("case", printer(sim), upload_of(b"z" * 20))
+        with pytest.raises(TooLargeError, match="attachmentUploadMaxSize"):
+            await crm.upload_attachment("case", printer(sim), upload_of(b"z" * 100))
+
+
+async def test_get_retries_503_with_retry_after_but_not_posts(crm: EspoCrmBackend, sim: EspoSimulator) -> None:
+    sim.faults.append(Fault("GET", r"/Case/\w+", status=503, retry_after=0))
+    assert (await crm.list_case_files(printer(sim), limit=5, cursor=None)).files
+    sim.faults.append(Fault("POST", r"/Attachment", status=503, retry_after=0))
+    with pytest.raises(BackendError, match="503"):
+        await crm.upload_attachment("case", printer(sim), upload_of(b"q"))
+    assert count(sim, "POST", lambda path: path == "/Attachment") == 1
+
+
+async def test_dropped_download_is_an_error_not_a_short_file(crm: EspoCrmBackend, sim: EspoSimulator) -> None:
+    file_id = sim.case_attachment_ids(printer(sim))[0]
+    sim.drop_download = 1
+    with pytest.raises(BackendError, match="of"):
+        await read(crm, file_id)
+    assert len(await read(crm, file_id)) == sim.attachments[file_id].size
+
+
+# ---------------------------------------------------------------------------------- photos
+
+
+async def test_photo_extension_and_type_are_fixed_from_the_bytes(crm: EspoCrmBackend, sim: EspoSimulator) -> None:
+    best = record(sim, "Contact", firstName="John")
+    photo = await crm.bind_photo(best, upload_of(PNG_1x1, "face.jpg", "image/jpeg"))
+    stored = sim.attachments[photo.photo_id]
+    assert (stored.name, stored.type, photo.mime_type) == ("face.png", "image/png", "image/png")
+    assert (stored.related_type, stored.related_id, stored.field) == ("Contact", best, "cPhoto")
+    assert (await crm.get_contact_photo(best)) == photo
+
+
+async def test_rebinding_deletes_the_old_photo(crm: EspoCrmBackend, sim: EspoSimulator) -> None:
+    wilson = record(sim, "Contact", firstName="Alexander")
+    old = sim.records["Contact"][wilson]["cPhotoId"]
+    photo = await crm.bind_photo(wilson, upload_of(PNG_1x1, "PHOTO.PNG", "image/png"))
+    assert old not in sim.attachments and sim.attachments[photo.photo_id].name == "PHOTO.PNG"
+
+
+async def test_non_image_photo_is_refused_before_upload(crm: EspoCrmBackend, sim: EspoSimulator) -> None:
+    with pytest.raises(InvalidInputError, match="JPEG, PNG"):
+        await crm.bind_photo(record(sim, "Contact", firstName="John"), upload_of(b"plain text", "x.png", "image/png"))
+    assert count(sim, "POST", lambda path: path == "/Attachment") == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "mime", "reason"),
+    [
+        ("photo.jpg", "image/png", "Passed type does not correspond to extension."),
+        ("photo.jpg", "image/jpeg", "Detected mime type does not correspond to extension."),
+        ("photo", "image/png", "Not allowed file type."),
+    ],
+)
+async def test_simulator_image_checks(sim: EspoSimulator, name: str, mime: str, reason: str) -> None:
+    body = {
+        "name": name,
+        "type": mime,
+        "role": "Attachment",
+        "relatedType": "Contact",
+        "field": "cPhoto",
+        "file": "data:image/png;base64," + base64.b64encode(PNG_1x1).decode(),
+    }
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sim), base_url=URL) as client:
+        refused = await client.post("/api/v1/Attachment", json=body, headers={"X-Api-Key": API_KEY})
+    assert (refused.status_code, refused.headers["X-Status-Reason"]) == (403, reason)
+
+
+async def test_failed_photo_link_deletes_the_upload(crm: EspoCrmBackend, sim: EspoSimulator) -> None:
+    before = set(sim.attachments)
+    sim.faults.append(Fault("PUT", r"/Contact/\w+", status=403, reason="No edit access."))
+    with pytest.raises(PermissionDeniedError, match="No edit access"):
+        await crm.bind_photo(record(sim, "Contact", firstName="John"), upload_of(PNG_1x1, "p.png", "image/png"))
+    assert set(sim.attachments) == before
+
+
+async def test_missing_photo_field_tells_the_admin_how_to_add_it(tmp_path: Path) -> None:
+    sim = seeded_simulator()
+    sim.photo_field = None
+    best = record(sim, "Contact", firstName="John")
+    async with backend_for(sim, tmp_path) as crm:
+        with pytest.raises(UnsupportedError, match=r"POST /api/v1/Admin/fieldManager/Contact") as caught:
+            await crm.bind_photo(best, upload_of(PNG_1x1, "p.png", "image/png"))
+        assert "cPhoto" in str(caught.value)
+        admin = base64.b64encode(f"admin:{PASSWORD}-admin".encode()).decode()
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sim), base_url=URL) as client:
+            added = await client.post(
+                "/api/v1/Admin/fieldManager/Contact",
+                json={"name": "photo", "type": "image", "label": "Photo"},
+                headers={"Authorization": f"Basic {admin}"},
+            )
+        assert added.json()["name"] == "cPhoto"
+        photo = await crm.bind_photo(best, upload_of(PNG_1x1, "p.png", "image/png"))
+        assert (await crm.get_contact_photo(best)) == photo
+
+
+async def test_unconfigured_photo_field(sim: EspoSimulator, tmp_path: Path) -> None:
+    async with backend_for(sim, tmp_path, contact_photo_field=None) as crm:
+        assert not crm.capabilities.contact_photos and not crm.capabilities.bind_photo
+        with pytest.raises(UnsupportedError, match="contact_photo_field"):
+            await crm.get_contact_photo(record(sim, "Contact", firstName="John"))
+    assert sim.requests == []
+
+
+async def test_contact_photo_is_read_through_the_field(crm: EspoCrmBackend, sim: EspoSimulator) -> None:
+    wilson = record(sim, "Contact", firstName="Alexander")
+    photo = await crm.get_contact_photo(wilson)
+    assert photo is not None and photo.mime_type == "image/png" and photo.size == len(PNG_1x1)
+    async with crm.open_contact_photo(wilson) as download:
+        assert b"".join([chunk async for chunk in download.chunks]) == PNG_1x1
+    assert await crm.get_contact_photo(record(sim, "Contact", firstName="John")) is None
+
+
+# --------------------------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('url = "https://crm.example.com"', "no credentials"),
+        ('url = "https://crm.example.com"\nsecret_key = "s"\nusername = "u"\npassword = "p"', "secret_key"),
+        ('url = "https://crm.example.com"\napi_key = "k"\nusername = "u"\npassword = "p"', "not both"),
+        ('url = "https://crm.example.com"\nusername = "u"', "both username and password"),
+        ('url = "ftp://crm.example.com"\napi_key = "k"', "http(s)"),
+        ('url = "https://crm.example.com"\napi_key = "k"\ncontact_photo_field = "c-Photo"', "field name"),
+    ],
+)
+def test_settings_errors_are_clear(make_settings: Callable[..., Settings], table: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")) as caught:
+        make_settings(f'[backends.espo]\nvendor = "espocrm"\n{table}\n')
+    assert '"p"' not in str(caught.value) and '= "k"' not in str(caught.value)
+
+
+def test_settings_normalise_the_url(make_settings: Callable[..., Settings]) -> None:
+    loaded = make_settings(
+        '[backends.espo]\nvendor = "espocrm"\nurl = "https://crm.example.com/api/v1/"\napi_key = "k"\n'
+    )
+    espo = loaded.backends["espo"]
+    assert isinstance(espo, EspoCrmSettings)
+    assert espo.url == "https://crm.example.com" and "k" not in repr(espo.api_key)
+
+
+async def test_simulator_accepts_each_auth_mode(sim: EspoSimulator) -> None:
+    sim.add_user(SimUser("other", type="api", auth_method="ApiKey", api_key="second"))
+    signed = hmac_signature(API_KEY + "-h", SECRET, "GET", "/App/user")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sim), base_url=URL) as client:
+        assert (await client.get("/api/v1/App/user", headers={"X-Hmac-Authorization": signed})).status_code == 200
+        assert (await client.get("/api/v1/App/user?x=1", headers={"X-Hmac-Authorization": signed})).status_code == 200
+        espo = base64.b64encode(f"jane:{PASSWORD}".encode()).decode()
+        assert (await client.get("/api/v1/App/user", headers={"Espo-Authorization": espo})).status_code == 200
+        wrong = await client.get("/api/v1/Case", headers={"X-Hmac-Authorization": signed})  # signed for another path
+        assert (wrong.status_code, wrong.content, wrong.headers.get("X-Status-Reason")) == (401, b"", None)
+
+
+async def test_upload_to_account_goes_to_its_stream(crm: EspoCrmBackend, sim: EspoSimulator) -> None:
+    acme = record(sim, "Account", name="Acme Printing")
+    entry = await crm.upload_attachment("account", acme, upload_of(b"invoice", "inv.txt", "text/plain"))
+    assert [item.id for item in sim.stream_attachments("Account", acme)] == [entry.file_id]
+
+
+async def test_no_secret_reaches_logs_or_messages(
+    sim: EspoSimulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG")
+    async with backend_for(sim, tmp_path, api_key=API_KEY + "-h", secret_key=SECRET) as crm:
+        await crm.upload_attachment("case", printer(sim), upload_of(b"log me", "l.txt", "text/plain"))
+        sim.faults.append(Fault("PUT", r"/Case/\w+", status=500))
+        with pytest.raises(BackendError) as caught:
+            await crm.upload_attachment("case", printer(sim), upload_of(b"fail", "f.txt", "text/plain"))
+    async with backend_for(sim, tmp_path, api_key="wrong-key-value") as crm:
+        with pytest.raises(AuthenticationError) as refused:
+            await crm.check()
+    text = caplog.text + str(caught.value) + str(refused.value)
+    for secret in (SECRET, API_KEY, "wrong-key-value"):
+        assert secret not in text
