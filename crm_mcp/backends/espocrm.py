@@ -44,6 +44,7 @@ import anyio
 import httpx
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from crm_mcp.backends._streams import base64_encoded, base64_length
 from crm_mcp.backends.base import (
     BackendContext,
     BackendSettings,
@@ -766,7 +767,7 @@ class EspoCrmBackend:
         meta = {"name": upload.name, "type": upload.mime_type, "role": "Attachment", **target}
         dumped = json.dumps({**meta, "file": f"data:{upload.mime_type};base64,"}, separators=(",", ":"))
         head, tail = dumped[:-2].encode(), b'"}'
-        length = len(head) + 4 * ((upload.size + 2) // 3) + len(tail)
+        length = len(head) + base64_length(upload.size) + len(tail)
         try:
             data = await self._call(
                 "POST",
@@ -1024,19 +1025,20 @@ def _check_complete(upload: Upload, sent: int) -> None:
 async def _data_url_body(head: bytes, upload: Upload, tail: bytes) -> AsyncIterator[bytes]:
     """The JSON body of `POST Attachment`, base64-encoding the file on the fly: whole 3-byte groups
     per chunk, the remainder carried over, so the text is exactly the file's base64."""
-    yield head
-    carry = b""
     sent = 0
-    async for chunk in upload.chunks:
-        sent += len(chunk)
-        _check_growth(upload, sent)
-        data = carry + chunk if carry else chunk
-        cut = len(data) - len(data) % 3
-        carry = data[cut:]
-        if cut:
-            yield base64.b64encode(data[:cut])
+
+    async def counted() -> AsyncIterator[bytes]:
+        nonlocal sent
+        async for chunk in upload.chunks:
+            sent += len(chunk)
+            _check_growth(upload, sent)
+            yield chunk
+
+    yield head
+    async for piece in base64_encoded(counted()):
+        yield piece
     _check_complete(upload, sent)
-    yield base64.b64encode(carry) + tail
+    yield tail
 
 
 def _encode_cursor(case_id: str, offset: int, last_id: str) -> str:

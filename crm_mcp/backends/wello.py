@@ -29,7 +29,6 @@ import base64
 import binascii
 import json
 import logging
-import math
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing, asynccontextmanager, suppress
@@ -41,6 +40,7 @@ import anyio
 import httpx
 from pydantic import SecretStr, field_validator
 
+from crm_mcp.backends._streams import base64_encoded, base64_length
 from crm_mcp.backends.base import (
     BackendContext,
     BackendSettings,
@@ -786,7 +786,7 @@ class WelloBackend:
         }
         prefix = (json.dumps(fields, ensure_ascii=False)[:-1] + ', "file_content": "').encode("utf-8")
         suffix = b'"}'
-        length = len(prefix) + 4 * math.ceil(upload.size / 3) + len(suffix)
+        length = len(prefix) + base64_length(upload.size) + len(suffix)
         body = _JsonBody(prefix, suffix, upload)
         doing = f"upload {name!r} to {table.label} {record_id}"
         request = self.client.build_request(
@@ -907,10 +907,10 @@ class _JsonBody:
 
     async def stream(self) -> AsyncIterator[bytes]:
         upload = self._upload
-        yield self._prefix
-        rest = b""
         sent = 0
-        try:
+
+        async def counted() -> AsyncIterator[bytes]:
+            nonlocal sent
             async for chunk in upload.chunks:
                 sent += len(chunk)
                 if sent > upload.size:
@@ -918,11 +918,12 @@ class _JsonBody:
                         f"the source of {upload.name!r} sent more than the {upload.size:,} bytes it announced; "
                         "nothing was stored"
                     )
-                data = rest + chunk if rest else chunk
-                cut = len(data) - len(data) % 3
-                rest = data[cut:]
-                for start in range(0, cut, ENCODE_CHUNK):
-                    yield base64.b64encode(data[start : min(start + ENCODE_CHUNK, cut)])
+                yield chunk
+
+        yield self._prefix
+        try:
+            async for piece in base64_encoded(counted(), ENCODE_CHUNK):
+                yield piece
         finally:
             await _close_stream(upload.chunks)
         if sent != upload.size:
@@ -930,5 +931,5 @@ class _JsonBody:
                 f"the source of {upload.name!r} ended after {sent:,} of {upload.size:,} bytes (truncated); "
                 "nothing was stored"
             )
-        yield base64.b64encode(rest) + self._suffix
+        yield self._suffix
         self.complete = True
