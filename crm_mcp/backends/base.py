@@ -10,6 +10,9 @@ upload is an `Upload` whose chunks the backend pulls while it sends them.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -37,6 +40,8 @@ __all__ = [
     "Record",
     "RecordType",
     "Upload",
+    "decode_cursor",
+    "encode_cursor",
     "require_guid",
     "require_opaque_id",
 ]
@@ -179,6 +184,45 @@ class Backend(Protocol):
     async def bind_photo(self, contact_id: str, upload: Upload) -> Photo: ...
 
     async def find_records(self, record_type: FindType, query: str, *, limit: int) -> list[Record]: ...
+
+
+_CURSOR_VERSION = 1
+_MAX_CURSOR_LENGTH = 4096
+_BAD_CURSOR = (
+    "cursor is not one this backend issued for this case (copy it exactly from next_cursor); "
+    "call list_case_files without a cursor to start from the first page"
+)
+
+
+def encode_cursor(case_id: str, *position: str | int) -> str:
+    """An opaque page cursor: the case it belongs to plus the backend's position (offsets, keys)."""
+    raw = json.dumps([_CURSOR_VERSION, case_id, *position], separators=(",", ":"), ensure_ascii=False)
+    return base64.urlsafe_b64encode(raw.encode("utf-8")).decode("ascii").rstrip("=")
+
+
+def decode_cursor(cursor: str, case_id: str, shape: tuple[type[str] | type[int], ...]) -> list[Any]:
+    """The position `encode_cursor` put in `cursor`, checked against the case and the expected types
+    (ints must be >= 0); `InvalidInputError` for anything this server did not issue for this case."""
+    if not cursor or len(cursor) > _MAX_CURSOR_LENGTH:
+        raise InvalidInputError(_BAD_CURSOR)
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("utf-8"))
+    except (binascii.Error, ValueError):
+        raise InvalidInputError(_BAD_CURSOR) from None
+    if (
+        not isinstance(payload, list)
+        or len(payload) != 2 + len(shape)
+        or payload[:2] != [_CURSOR_VERSION, case_id]
+        or not all(_is(part, kind) for part, kind in zip(payload[2:], shape, strict=True))
+    ):
+        raise InvalidInputError(_BAD_CURSOR)
+    return payload[2:]
+
+
+def _is(value: object, kind: type[str] | type[int]) -> bool:
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return isinstance(value, kind)
 
 
 def require_guid(value: str, what: str) -> str:

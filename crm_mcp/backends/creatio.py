@@ -23,8 +23,6 @@ What Creatio does, and how this module copes (details: the project README, "Crea
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 import time
@@ -51,6 +49,8 @@ from crm_mcp.backends.base import (
     Record,
     RecordType,
     Upload,
+    decode_cursor,
+    encode_cursor,
     require_guid,
 )
 from crm_mcp.content import OCTET_STREAM, from_name
@@ -84,8 +84,6 @@ FILE_TABLES: dict[str, tuple[str, str]] = {
     "account": ("AccountFile", "Account"),
 }
 _TABLE_NAMES = {table for table, _ in FILE_TABLES.values()}
-_CURSOR_VERSION = 1
-_MAX_CURSOR_LENGTH = 512
 _MAX_RETRY_AFTER = 10.0
 """Longest `Retry-After` (seconds) a read waits for before trying once more."""
 _READ_ATTEMPTS_503 = 2
@@ -628,7 +626,7 @@ class CreatioBackend:
         case_id = require_guid(case_id, "case_id")
         if limit < 1:
             raise InvalidInputError(f"limit must be at least 1, got {limit}")
-        skip = 0 if cursor is None else _decode_cursor(cursor, case_id)
+        skip = 0 if cursor is None else decode_cursor(cursor, case_id, (int,))[0]
         if skip == 0:
             await self._require("Case", case_id)  # a missing case is an error, not an empty list
         rows = await self._rows(
@@ -644,7 +642,7 @@ class CreatioBackend:
         )
         more = len(rows) > limit
         entries = [_file_entry("CaseFile", row) for row in rows[:limit]]
-        return FilePage(files=entries, next_cursor=_encode_cursor(case_id, skip + limit) if more else None)
+        return FilePage(files=entries, next_cursor=encode_cursor(case_id, skip + limit) if more else None)
 
     @asynccontextmanager
     async def open_file(self, file_id: str) -> AsyncIterator[Download]:
@@ -1002,32 +1000,3 @@ def _parse_file_id(file_id: str) -> tuple[str, str]:
             "(copy it exactly as list_case_files or upload_attachment returned it)"
         )
     return table, require_guid(rest, "file_id")
-
-
-def _encode_cursor(case_id: str, skip: int) -> str:
-    raw = json.dumps([_CURSOR_VERSION, case_id, skip], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
-
-
-def _decode_cursor(cursor: str, case_id: str) -> int:
-    bad = InvalidInputError(
-        "cursor is not one this backend issued for this case (copy it exactly from next_cursor); "
-        "call list_case_files without a cursor to start from the first page"
-    )
-    if not cursor or len(cursor) > _MAX_CURSOR_LENGTH:
-        raise bad
-    try:
-        payload = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode())
-    except (binascii.Error, ValueError):
-        raise bad from None
-    if (
-        not isinstance(payload, list)
-        or len(payload) != 3
-        or payload[0] != _CURSOR_VERSION
-        or payload[1] != case_id
-        or not isinstance(payload[2], int)
-        or isinstance(payload[2], bool)
-        or payload[2] < 1
-    ):
-        raise bad
-    return payload[2]

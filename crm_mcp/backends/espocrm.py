@@ -27,7 +27,6 @@ How EspoCRM keeps files, and what this module does about it:
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import json
@@ -57,6 +56,8 @@ from crm_mcp.backends.base import (
     Record,
     RecordType,
     Upload,
+    decode_cursor,
+    encode_cursor,
 )
 from crm_mcp.content import sniff
 from crm_mcp.errors import (
@@ -82,7 +83,6 @@ MAX_SIZE = 200
 _ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_-]{0,35}$")
 """EspoCRM ids: 17 hex-like characters by default, or UUIDs when the instance is set up for them."""
 _FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,99}$")
-_CURSOR_VERSION = 1
 _MAX_RETRY_AFTER = 10.0
 _RETRY_STATUSES = frozenset({502, 503, 504})
 _IMAGE_EXTENSIONS: dict[str, tuple[str, ...]] = {
@@ -493,7 +493,7 @@ class EspoCrmBackend:
         case_id = _require_id(case_id, "case_id")
         if limit < 1:
             raise InvalidInputError(f"limit must be at least 1, got {limit}")
-        offset, last_id = (0, None) if cursor is None else _decode_cursor(cursor, case_id)
+        offset, last_id = (0, None) if cursor is None else decode_cursor(cursor, case_id, (int, str))
         case = await self._get_record("Case", case_id, "case")
         entries = _field_entries(case)
         for extra in await self._stream_files(case_id):
@@ -505,7 +505,7 @@ class EspoCrmBackend:
         page = entries[offset : offset + limit]
         page = await self._with_sizes(page)
         end = offset + len(page)
-        next_cursor = _encode_cursor(case_id, end, page[-1].file_id) if end < len(entries) and page else None
+        next_cursor = encode_cursor(case_id, end, page[-1].file_id) if end < len(entries) and page else None
         return FilePage(files=page, next_cursor=next_cursor)
 
     async def _with_sizes(self, entries: list[FileEntry]) -> list[FileEntry]:
@@ -1039,32 +1039,3 @@ async def _data_url_body(head: bytes, upload: Upload, tail: bytes) -> AsyncItera
         yield piece
     _check_complete(upload, sent)
     yield tail
-
-
-def _encode_cursor(case_id: str, offset: int, last_id: str) -> str:
-    raw = json.dumps([_CURSOR_VERSION, case_id, offset, last_id], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
-
-
-def _decode_cursor(cursor: str, case_id: str) -> tuple[int, str]:
-    bad = InvalidInputError(
-        "cursor is not one this backend issued for this case (copy it exactly from next_cursor); "
-        "call list_case_files without a cursor to start from the first page"
-    )
-    if not cursor or len(cursor) > 512:
-        raise bad
-    try:
-        payload = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode())
-    except (binascii.Error, ValueError):
-        raise bad from None
-    if (
-        not isinstance(payload, list)
-        or len(payload) != 4
-        or payload[0] != _CURSOR_VERSION
-        or payload[1] != case_id
-        or not isinstance(payload[2], int)
-        or payload[2] < 0
-        or not isinstance(payload[3], str)
-    ):
-        raise bad
-    return payload[2], payload[3]

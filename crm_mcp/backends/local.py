@@ -15,10 +15,7 @@ It is a real store, not a toy, because people keep using it after the first try:
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import json
 import logging
 import os
 import sqlite3
@@ -50,6 +47,8 @@ from crm_mcp.backends.base import (
     Record,
     RecordType,
     Upload,
+    decode_cursor,
+    encode_cursor,
     require_guid,
 )
 from crm_mcp.errors import BackendError, InvalidInputError, NotFoundError, TooLargeError, UnsupportedError
@@ -116,8 +115,6 @@ CREATE INDEX photos_by_contact ON photos (contact_id);
 """
 
 _RECORD_TABLES: dict[str, str] = {"case": "cases", "contact": "contacts", "account": "accounts"}
-_CURSOR_VERSION = 1
-_MAX_CURSOR_LENGTH = 4096
 
 
 class LocalSettings(BackendSettings):
@@ -585,7 +582,7 @@ class LocalBackend:
         case_id = require_guid(case_id, "case_id")
         if limit < 1:
             raise InvalidInputError(f"limit must be at least 1, got {limit}")
-        after = None if cursor is None else self._decode_cursor(cursor, case_id)
+        after = None if cursor is None else decode_cursor(cursor, case_id, (str, str, str))
 
         def page(conn: sqlite3.Connection) -> list[sqlite3.Row]:
             self._require_record(conn, "case", case_id)
@@ -603,38 +600,11 @@ class LocalBackend:
         rows = await self._db(page)
         more = len(rows) > limit
         rows = rows[:limit]
-        next_cursor = self._encode_cursor(case_id, rows[-1]) if more else None
+        next_cursor = None
+        if more:  # a keyset cursor (the last row's sort key), so files added meanwhile never shift a page
+            last = rows[-1]
+            next_cursor = encode_cursor(case_id, last["created_at"], last["name"], last["file_id"])
         return FilePage(files=[_file_entry(row) for row in rows], next_cursor=next_cursor)
-
-    @staticmethod
-    def _encode_cursor(case_id: str, last: sqlite3.Row) -> str:
-        """A keyset cursor (the last row's sort key), so files added meanwhile never shift a page."""
-        payload = [_CURSOR_VERSION, case_id, last["created_at"], last["name"], last["file_id"]]
-        raw = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-        return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
-
-    @staticmethod
-    def _decode_cursor(cursor: str, case_id: str) -> list[str]:
-        bad = InvalidInputError(
-            "cursor is not one this backend issued for this case (it must be copied exactly from "
-            "next_cursor); call list_case_files without a cursor to start from the first page"
-        )
-        if not cursor or len(cursor) > _MAX_CURSOR_LENGTH:
-            raise bad
-        try:
-            raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-            payload = json.loads(raw.decode("utf-8"))
-        except (binascii.Error, ValueError):
-            raise bad from None
-        if (
-            not isinstance(payload, list)
-            or len(payload) != 5
-            or payload[0] != _CURSOR_VERSION
-            or payload[1] != case_id
-            or not all(isinstance(part, str) for part in payload[2:])
-        ):
-            raise bad
-        return payload[2:]
 
     @asynccontextmanager
     async def open_file(self, file_id: str) -> AsyncIterator[Download]:

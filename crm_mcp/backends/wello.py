@@ -53,6 +53,8 @@ from crm_mcp.backends.base import (
     Record,
     RecordType,
     Upload,
+    decode_cursor,
+    encode_cursor,
     require_guid,
 )
 from crm_mcp.errors import (
@@ -90,12 +92,10 @@ _FILE_FIELDS = (
     "date_add",
 )
 """The `$select` of every listing: everything we use, and never `file_content`."""
-_CURSOR_VERSION = 1
 CLEANUP_SECONDS = 15
 """How long a cancelled upload may spend making sure it left nothing behind."""
 MAX_SCAN_PAGES = 500
 """A safety stop for scans through a contact's files (500 pages of 20)."""
-_MAX_CURSOR_LENGTH = 512
 
 
 class _Table:
@@ -578,7 +578,7 @@ class WelloBackend:
         case_id = require_guid(case_id, "case_id")
         if limit < 1:
             raise InvalidInputError(f"limit must be at least 1, got {limit}")
-        skip = 0 if cursor is None else self._decode_cursor(cursor, case_id)
+        skip = 0 if cursor is None else decode_cursor(cursor, case_id, (int,))[0]
         await self._require_record(self._case, case_id)
         files: list[FileEntry] = []
         offset = skip
@@ -603,36 +603,7 @@ class WelloBackend:
                     files.append(_entry(row))
             if more or not rows or (len(rows) < want and not server_more):
                 break
-        return FilePage(files=files, next_cursor=self._encode_cursor(case_id, offset) if more else None)
-
-    @staticmethod
-    def _encode_cursor(case_id: str, offset: int) -> str:
-        raw = json.dumps([_CURSOR_VERSION, case_id, offset], separators=(",", ":")).encode("ascii")
-        return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
-
-    @staticmethod
-    def _decode_cursor(cursor: str, case_id: str) -> int:
-        bad = InvalidInputError(
-            "cursor is not one this backend issued for this case (it must be copied exactly from "
-            "next_cursor); call list_case_files without a cursor to start from the first page"
-        )
-        if not cursor or len(cursor) > _MAX_CURSOR_LENGTH:
-            raise bad
-        try:
-            payload = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii"))
-        except (binascii.Error, ValueError):
-            raise bad from None
-        if (
-            not isinstance(payload, list)
-            or len(payload) != 3
-            or payload[0] != _CURSOR_VERSION
-            or payload[1] != case_id
-            or not isinstance(payload[2], int)
-            or isinstance(payload[2], bool)
-            or payload[2] < 0
-        ):
-            raise bad
-        return payload[2]
+        return FilePage(files=files, next_cursor=encode_cursor(case_id, offset) if more else None)
 
     async def _file_row(self, file_id: str) -> dict[str, Any]:
         rows, _ = await self._query("DbFile", filter_=f"id eq {file_id}", select=",".join(_FILE_FIELDS), top=1)
