@@ -15,9 +15,10 @@ __all__ = ["VENDORS", "Backend", "BackendContext", "BackendSettings", "vendor_cl
 
 VENDORS: dict[str, str] = {
     "local": "crm_mcp.backends.local:LocalBackend",
-    "creatio": "crm_mcp.backends.creatio:CreatioBackend",
     "espocrm": "crm_mcp.backends.espocrm:EspoCrmBackend",
+    "creatio": "crm_mcp.backends.creatio:CreatioBackend",
     "wello": "crm_mcp.backends.wello:WelloBackend",
+    "superoffice": "crm_mcp.backends.superoffice:SuperOfficeBackend",
 }
 """vendor name → `module:Class` implementing `Backend`."""
 

@@ -1,0 +1,338 @@
+"""Small, streaming SOAP 1.1 for SuperOffice's NetServer web services (document/literal).
+
+Why hand-built envelopes and not zeep: the backend calls a dozen operations whose shapes are
+fixed by the WSDL, and two of them carry files as `base64Binary`. zeep (and lxml under it) builds
+whole trees in memory, so a 30 MiB attachment would be held several times over as text; it is also
+not installed here. So envelopes are written as text (every value escaped), and
+- a base64 payload going out is an async stream: envelope prefix, the base64 of the upload's
+  chunks in 3-byte-aligned pieces, envelope suffix (`encode_request`);
+- a response is parsed incrementally with `xml.etree.ElementTree.XMLParser(target=...)`, a stdlib
+  expat push parser: the text of the payload element is base64-decoded in 4-character-aligned
+  pieces as it arrives and never kept whole (`ResponseReader`); everything else (headers, faults,
+  small bodies) becomes a small element tree.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from xml.etree import ElementTree as ET
+from xml.sax.saxutils import escape
+
+__all__ = [
+    "ARRAYS",
+    "NS",
+    "SOAP11",
+    "SOAP12",
+    "XSI",
+    "Fault",
+    "Ints",
+    "ResponseReader",
+    "Stream",
+    "Strings",
+    "encode_request",
+    "local",
+    "parse_small",
+]
+
+NS = "http://www.superoffice.net/ws/crm/NetServer/Services88"
+SOAP11 = "http://schemas.xmlsoap.org/soap/envelope/"
+SOAP12 = "http://www.w3.org/2003/05/soap-envelope"
+ARRAYS = "http://schemas.microsoft.com/2003/10/Serialization/Arrays"
+XSI = "http://www.w3.org/2001/XMLSchema-instance"
+
+_ALIGN_OUT = 3 * 16 * 1024
+"""Bytes base64-encoded per piece on the way out (a multiple of 3: no padding inside the stream)."""
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A `base64Binary` element whose content is streamed from `chunks` (at most one per request)."""
+
+    chunks: AsyncIterator[bytes]
+
+
+@dataclass(frozen=True)
+class Ints:
+    """An `ArrayOfint` in the Microsoft serialization namespace (items `<int>`)."""
+
+    values: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Strings:
+    """An `ArrayOfstring` in the Microsoft serialization namespace (items `<string>`)."""
+
+    values: tuple[str, ...]
+
+
+Value = Any
+"""None (omitted), str, int, bool, Stream, Ints, or a list of (name, Value) pairs (a nested element)."""
+
+
+def _text(value: Value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return escape(str(value))
+
+
+def _write(name: str, value: Value, out: list[str], streams: list[Stream]) -> None:
+    if value is None:
+        return
+    tag = f"tns:{name}"
+    if isinstance(value, Stream):
+        out.append(f"<{tag}>")
+        out.append("\0")
+        out.append(f"</{tag}>")
+        streams.append(value)
+    elif isinstance(value, Ints):
+        items = "".join(f"<a:int>{int(item)}</a:int>" for item in value.values)
+        out.append(f'<{tag} xmlns:a="{ARRAYS}">{items}</{tag}>')
+    elif isinstance(value, Strings):
+        items = "".join(f"<a:string>{_text(item)}</a:string>" for item in value.values)
+        out.append(f'<{tag} xmlns:a="{ARRAYS}">{items}</{tag}>')
+    elif isinstance(value, list):
+        out.append(f"<{tag}>")
+        for child_name, child in value:
+            _write(child_name, child, out, streams)
+        out.append(f"</{tag}>")
+    else:
+        out.append(f"<{tag}>{_text(value)}</{tag}>")
+
+
+def envelope_text(
+    operation: str, fields: Iterable[tuple[str, Value]], headers: Iterable[tuple[str, Value]]
+) -> tuple[str, Stream | None, str]:
+    """The envelope as (text before the streamed payload, the stream, text after); without a
+    stream, everything is in the first part."""
+    out: list[str] = [
+        f'<?xml version="1.0" encoding="utf-8"?><soap:Envelope xmlns:soap="{SOAP11}" xmlns:tns="{NS}"><soap:Header>'
+    ]
+    streams: list[Stream] = []
+    for name, value in headers:
+        _write(name, value, out, streams)
+    out.append(f"</soap:Header><soap:Body><tns:{operation}>")
+    for name, value in fields:
+        _write(name, value, out, streams)
+    out.append(f"</tns:{operation}></soap:Body></soap:Envelope>")
+    if len(streams) > 1:
+        raise ValueError("at most one streamed payload per request")
+    text = "".join(out)
+    if not streams:
+        return text, None, ""
+    before, _, after = text.partition("\0")
+    return before, streams[0], after
+
+
+async def b64_chunks(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Base64 of a byte stream, produced piece by piece (only a 0-2 byte remainder is carried over)."""
+    rest = b""
+    async for chunk in chunks:
+        data = rest + chunk
+        cut = len(data) - len(data) % 3
+        for start in range(0, cut, _ALIGN_OUT):
+            yield base64.b64encode(data[start : min(cut, start + _ALIGN_OUT)])
+        rest = data[cut:]
+    if rest:
+        yield base64.b64encode(rest)
+
+
+async def encode_request(
+    operation: str, fields: Iterable[tuple[str, Value]], headers: Iterable[tuple[str, Value]]
+) -> tuple[bytes, AsyncIterator[bytes] | None]:
+    """The request body: whole bytes, or (when a field is a `Stream`) an async stream of bytes."""
+    before, stream, after = envelope_text(operation, fields, headers)
+    if stream is None:
+        return before.encode("utf-8"), None
+
+    async def body() -> AsyncIterator[bytes]:
+        yield before.encode("utf-8")
+        async for piece in b64_chunks(stream.chunks):
+            yield piece
+        yield after.encode("utf-8")
+
+    return b"", body()
+
+
+# ------------------------------------------------------------------------------------- responses
+
+
+def local(tag: str) -> str:
+    return tag.rpartition("}")[2]
+
+
+@dataclass
+class Fault:
+    code: str
+    message: str
+    detail: str | None = None
+    friendly: str | None = None
+    """`FriendlyText` of an exception-info element inside `<detail>`, when SuperOffice sends one."""
+    kind: str | None = None
+    """Its `ExceptionType`."""
+
+
+@dataclass
+class ResponseReader:
+    """Feed a SOAP 1.1 response in pieces. Headers, faults and the body become small trees; if
+    `payload` names a child of the operation's response element (e.g. "Response"), its text is
+    base64-decoded as it streams in and handed out through `take()`, never kept whole."""
+
+    payload: str | None = None
+    headers: dict[str, ET.Element] = field(default_factory=dict)
+    body: ET.Element | None = None
+    fault: Fault | None = None
+    envelope_ns: str | None = None
+    payload_seen: bool = False
+    payload_nil: bool = False
+    _out: list[bytes] = field(default_factory=list)
+    _pending: str = ""
+    _path: list[str] = field(default_factory=list)
+    _builder: ET.TreeBuilder | None = None
+    _depth_built: int = 0
+    _in_payload: bool = False
+
+    def __post_init__(self) -> None:
+        self._parser = ET.XMLParser(target=self)
+
+    # -- the parser target ------------------------------------------------------------------
+
+    def start(self, tag: str, attrs: dict[str, str]) -> None:
+        depth = len(self._path)
+        self._path.append(tag)
+        if depth == 0:
+            self.envelope_ns = tag.partition("}")[0].lstrip("{")
+            return
+        section = local(self._path[1])
+        if depth == 3 and section == "Body" and self.payload is not None and local(tag) == self.payload:
+            self._in_payload = True
+            self.payload_seen = True
+            self.payload_nil = attrs.get(f"{{{XSI}}}nil") == "true"
+            return
+        if self._builder is not None:
+            self._builder.start(tag, attrs)
+            return
+        if depth == 1:
+            return  # Header / Body
+        # depth 2: a header element, the operation's response element, or soap:Fault
+        self._builder = ET.TreeBuilder()
+        self._builder.start(tag, attrs)
+        self._depth_built = depth
+
+    def end(self, tag: str) -> None:
+        depth = len(self._path) - 1
+        self._path.pop()
+        if self._in_payload and depth == 3:
+            self._in_payload = False
+            self._flush(final=True)
+            return
+        if self._builder is None:
+            return
+        element = self._builder.end(tag)
+        if depth == self._depth_built:
+            self._builder = None
+            section = local(self._path[1]) if len(self._path) > 1 else ""
+            if section == "Header":
+                self.headers[local(tag)] = element
+            elif local(tag) == "Fault":
+                self.fault = _fault(element)
+            else:
+                self.body = element
+
+    def data(self, text: str) -> None:
+        if self._in_payload:
+            self._pending += "".join(text.split())
+            if len(self._pending) >= 64 * 1024:
+                self._flush(final=False)
+        elif self._builder is not None:
+            self._builder.data(text)
+
+    def close(self) -> None:
+        return None
+
+    # -- feeding ----------------------------------------------------------------------------
+
+    def _flush(self, *, final: bool) -> None:
+        cut = len(self._pending) if final else len(self._pending) - len(self._pending) % 4
+        piece, self._pending = self._pending[:cut], self._pending[cut:]
+        if piece:
+            try:
+                self._out.append(base64.b64decode(piece, validate=True))
+            except binascii.Error as exc:
+                raise ValueError(f"the payload is not valid base64 ({exc})") from None
+
+    def feed(self, data: bytes) -> None:
+        self._parser.feed(data)
+
+    def finish(self) -> None:
+        self._parser.close()
+
+    def take(self) -> list[bytes]:
+        out, self._out = self._out, []
+        return out
+
+
+def _fault(element: ET.Element) -> Fault:
+    code = message = ""
+    detail: str | None = None
+    friendly: str | None = None
+    kind: str | None = None
+    for child in element:
+        name = local(child.tag)
+        if name == "faultcode":
+            code = (child.text or "").strip()
+        elif name == "faultstring":
+            message = (child.text or "").strip()
+        elif name == "detail":
+            detail = " ".join("".join(child.itertext()).split()) or None
+            for item in child.iter():
+                if local(item.tag) == "FriendlyText" and (item.text or "").strip():
+                    friendly = item.text.strip() if item.text else None
+                elif local(item.tag) == "ExceptionType" and (item.text or "").strip():
+                    kind = item.text.strip() if item.text else None
+        elif name == "Code":  # SOAP 1.2 shape, in case
+            code = " ".join("".join(child.itertext()).split())
+        elif name == "Reason":
+            message = " ".join("".join(child.itertext()).split())
+    return Fault(code=code, message=message, detail=detail, friendly=friendly, kind=kind)
+
+
+def parse_small(data: bytes) -> ResponseReader:
+    reader = ResponseReader()
+    reader.feed(data)
+    reader.finish()
+    return reader
+
+
+# ------------------------------------------------------------------------------- element helpers
+
+
+def child(element: ET.Element | None, *names: str) -> ET.Element | None:
+    """The first descendant along `names` (local names), or None."""
+    for name in names:
+        if element is None:
+            return None
+        element = next((item for item in element if local(item.tag) == name), None)
+    return element
+
+
+def children(element: ET.Element | None, name: str) -> list[ET.Element]:
+    return [] if element is None else [item for item in element if local(item.tag) == name]
+
+
+def text(element: ET.Element | None, *names: str) -> str | None:
+    found = child(element, *names)
+    if found is None or found.get(f"{{{XSI}}}nil") == "true":
+        return None
+    return found.text or ""
+
+
+def integer(element: ET.Element | None, *names: str) -> int | None:
+    value = text(element, *names)
+    try:
+        return int(value.strip()) if value is not None else None
+    except ValueError:
+        return None
