@@ -5,7 +5,8 @@ fixed by the WSDL, and two of them carry files as `base64Binary`. zeep (and lxml
 whole trees in memory, so a 30 MiB attachment would be held several times over as text; it is also
 not installed here. So envelopes are written as text (every value escaped), and
 - a base64 payload going out is an async stream: envelope prefix, the base64 of the upload's
-  chunks in 3-byte-aligned pieces, envelope suffix (`encode_request`);
+  chunks (the encoder shared with the other backends, `_streams.base64_encoded`), envelope suffix,
+  with the exact Content-Length known in advance (`encode_request`);
 - a response is parsed incrementally with `xml.etree.ElementTree.XMLParser(target=...)`, a stdlib
   expat push parser: the text of the payload element is base64-decoded in 4-character-aligned
   pieces as it arrives and never kept whole (`ResponseReader`); everything else (headers, faults,
@@ -22,12 +23,15 @@ from typing import Any
 from xml.etree import ElementTree as ET
 from xml.sax.saxutils import escape
 
+from crm_mcp.backends._streams import base64_encoded, base64_length
+
 __all__ = [
     "ARRAYS",
     "NS",
     "SOAP11",
     "SOAP12",
     "XSI",
+    "Body",
     "Fault",
     "Ints",
     "ResponseReader",
@@ -44,15 +48,14 @@ SOAP12 = "http://www.w3.org/2003/05/soap-envelope"
 ARRAYS = "http://schemas.microsoft.com/2003/10/Serialization/Arrays"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
 
-_ALIGN_OUT = 3 * 16 * 1024
-"""Bytes base64-encoded per piece on the way out (a multiple of 3: no padding inside the stream)."""
-
 
 @dataclass(frozen=True)
 class Stream:
-    """A `base64Binary` element whose content is streamed from `chunks` (at most one per request)."""
+    """A `base64Binary` element whose content is streamed from `chunks`, `size` bytes in all (at most
+    one per request)."""
 
     chunks: AsyncIterator[bytes]
+    size: int
 
 
 @dataclass(frozen=True)
@@ -127,34 +130,31 @@ def envelope_text(
     return before, streams[0], after
 
 
-async def b64_chunks(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Base64 of a byte stream, produced piece by piece (only a 0-2 byte remainder is carried over)."""
-    rest = b""
-    async for chunk in chunks:
-        data = rest + chunk
-        cut = len(data) - len(data) % 3
-        for start in range(0, cut, _ALIGN_OUT):
-            yield base64.b64encode(data[start : min(cut, start + _ALIGN_OUT)])
-        rest = data[cut:]
-    if rest:
-        yield base64.b64encode(rest)
+@dataclass(frozen=True)
+class Body:
+    """A request body: `length` bytes, either all in `data` or (when a field was a `Stream`) `data`
+    followed by the streamed `chunks`."""
+
+    data: bytes
+    length: int
+    chunks: AsyncIterator[bytes] | None = None
 
 
-async def encode_request(
-    operation: str, fields: Iterable[tuple[str, Value]], headers: Iterable[tuple[str, Value]]
-) -> tuple[bytes, AsyncIterator[bytes] | None]:
-    """The request body: whole bytes, or (when a field is a `Stream`) an async stream of bytes."""
+def encode_request(operation: str, fields: Iterable[tuple[str, Value]], headers: Iterable[tuple[str, Value]]) -> Body:
+    """The request body. A streamed payload is base64-encoded as it is sent, and the exact length is
+    known beforehand (the stream's size), so the request carries a Content-Length rather than being chunked."""
     before, stream, after = envelope_text(operation, fields, headers)
     if stream is None:
-        return before.encode("utf-8"), None
+        data = before.encode("utf-8")
+        return Body(data=data, length=len(data))
+    head, tail = before.encode("utf-8"), after.encode("utf-8")
 
-    async def body() -> AsyncIterator[bytes]:
-        yield before.encode("utf-8")
-        async for piece in b64_chunks(stream.chunks):
+    async def rest() -> AsyncIterator[bytes]:
+        async for piece in base64_encoded(stream.chunks):
             yield piece
-        yield after.encode("utf-8")
+        yield tail
 
-    return b"", body()
+    return Body(data=head, length=len(head) + base64_length(stream.size) + len(tail), chunks=rest())
 
 
 # ------------------------------------------------------------------------------------- responses

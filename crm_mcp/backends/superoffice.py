@@ -27,9 +27,6 @@ What SuperOffice does, and how this module copes (details: the project README, "
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import logging
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -56,6 +53,8 @@ from crm_mcp.backends.base import (
     Record,
     RecordType,
     Upload,
+    decode_cursor,
+    encode_cursor,
 )
 from crm_mcp.content import OCTET_STREAM, from_name, sniff
 from crm_mcp.errors import (
@@ -75,8 +74,6 @@ __all__ = ["SuperOfficeBackend", "SuperOfficeSettings"]
 logger = logging.getLogger(__name__)
 
 SERVICES = "Remote/Services88"
-_CURSOR_VERSION = 1
-_MAX_CURSOR_LENGTH = 512
 _MESSAGE_LIMIT = 400
 _SMALL_LIMIT = 16 * 1024 * 1024
 """Largest non-streamed SOAP answer read into memory (lists, entities)."""
@@ -373,13 +370,14 @@ class SuperOfficeBackend:
         write: bool = False,
         payload: str | None = None,
     ) -> AsyncIterator[_Answer]:
-        body, stream = await _soap.encode_request(operation, list(fields), list(headers))
+        body = _soap.encode_request(operation, list(fields), list(headers))
         request = self._http.build_request(
             "POST",
             f"{SERVICES}/{agent}.svc",
-            content=stream if stream is not None else body,
+            content=body.data if body.chunks is None else _joined(body.data, body.chunks),
             headers={
                 "Content-Type": "text/xml; charset=utf-8",
+                "Content-Length": str(body.length),
                 "SOAPAction": f'"{_soap.NS}/{agent}/{operation}"',
             },
         )
@@ -566,12 +564,12 @@ class SuperOfficeBackend:
         ticket_id = _require_int(case_id, "case_id")
         if limit < 1:
             raise InvalidInputError(f"limit must be at least 1, got {limit}")
-        skip = 0 if cursor is None else _decode_cursor(cursor, ticket_id)
+        skip = 0 if cursor is None else decode_cursor(cursor, str(ticket_id), (int,))[0]
         await self._ticket_row(ticket_id)  # an unknown ticket answers an empty list: check it exists
         entries = await self._attachments(ticket_id)
         page = entries[skip : skip + limit]
         more = len(entries) > skip + limit
-        return FilePage(files=page, next_cursor=_encode_cursor(ticket_id, skip + limit) if more else None)
+        return FilePage(files=page, next_cursor=encode_cursor(str(ticket_id), skip + limit) if more else None)
 
     @asynccontextmanager
     async def open_file(self, file_id: str) -> AsyncIterator[Download]:
@@ -703,7 +701,7 @@ class SuperOfficeBackend:
             await self._streamed_write(
                 "Ticket",
                 "UploadAttachment",
-                [("AttachmentId", attachment_id), ("Content", Stream(self._counted(upload)))],
+                [("AttachmentId", attachment_id), ("Content", Stream(self._counted(upload), upload.size))],
                 f"upload the bytes of {upload.name!r}",
             )
             message = await self._call(
@@ -788,7 +786,7 @@ class SuperOfficeBackend:
                 "SetDocumentStream",
                 [
                     ("DocumentEntity", [("DocumentId", document_id)]),
-                    ("Stream", Stream(self._counted(upload))),
+                    ("Stream", Stream(self._counted(upload), upload.size)),
                     ("Force", True),
                 ],
                 f"upload the bytes of {upload.name!r}",
@@ -873,7 +871,11 @@ class SuperOfficeBackend:
         body = await self._streamed_write(
             "BLOB",
             "SaveImageStream",
-            [("Type", "PersonImage"), ("Image", Stream(self._counted(upload))), ("Description", upload.name)],
+            [
+                ("Type", "PersonImage"),
+                ("Image", Stream(self._counted(upload), upload.size)),
+                ("Description", upload.name),
+            ],
             f"store the image {upload.name!r}",
         )
         blob_id = integer(body, "Response")
@@ -995,6 +997,12 @@ def _is_xml(response: httpx.Response) -> bool:
     return "xml" in kind
 
 
+async def _joined(head: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield head
+    async for piece in rest:
+        yield piece
+
+
 async def _drained(reader: _soap.ResponseReader) -> AsyncIterator[bytes]:
     for piece in reader.take():
         yield piece
@@ -1046,32 +1054,3 @@ def _parse_file_id(file_id: str) -> tuple[str, int]:
             "attachment) or 'doc-45' (a document); copy it as list_case_files or upload_attachment returned it"
         )
     return kind, _require_int(number, "file_id")
-
-
-def _encode_cursor(ticket_id: int, skip: int) -> str:
-    raw = json.dumps([_CURSOR_VERSION, ticket_id, skip], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
-
-
-def _decode_cursor(cursor: str, ticket_id: int) -> int:
-    bad = InvalidInputError(
-        "cursor is not one this backend issued for this case (copy it exactly from next_cursor); "
-        "call list_case_files without a cursor to start from the first page"
-    )
-    if not cursor or len(cursor) > _MAX_CURSOR_LENGTH:
-        raise bad
-    try:
-        payload = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode())
-    except (binascii.Error, ValueError):
-        raise bad from None
-    if (
-        not isinstance(payload, list)
-        or len(payload) != 3
-        or payload[0] != _CURSOR_VERSION
-        or payload[1] != ticket_id
-        or not isinstance(payload[2], int)
-        or isinstance(payload[2], bool)
-        or payload[2] < 1
-    ):
-        raise bad
-    return payload[2]

@@ -305,6 +305,9 @@ async def test_upload_body_is_streamed_in_many_chunks(sim: SuperOfficeSimulator,
     assert pulled == 101
     (call,) = sim.calls("UploadAttachment")
     assert call.chunks > 10  # the body reached the server piece by piece
+    # ... with its exact length announced up front (IIS-hosted WCF services need no chunked encoding).
+    assert "transfer-encoding" not in call.headers
+    assert int(call.headers["content-length"]) > 4 * len(data) // 3
     assert await read_all(crm, entry.file_id) == data
 
 
