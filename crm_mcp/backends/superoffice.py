@@ -17,7 +17,9 @@ What SuperOffice does, and how this module copes (details: the project README, "
   `SaveAttachmentEntity` → `UploadAttachment` → a new *internal* message on the ticket
   (`SaveTicketMessageEntity`) → `AddAttachments`: a customer's message is never altered.
 - "Contact" = Person. Its photo is the person image (`BLOB.GetPersonImage`, empty = no photo;
-  bind = `BLOB.SaveImageStream` → `BLOB.ChangePersonImage`). A file attached to a contact is a
+  bind = `BLOB.SaveImageStream` → `BLOB.ChangePersonImage`; if the second step fails, the person's
+  image is re-read first — a lost answer may hide a bind that happened — and only then is the stored
+  image deleted with `BLOB.DeleteBlobEntity`). A file attached to a contact is a
   Document on the person (`Document.SaveDocumentEntity` → `Document.SetDocumentStream`).
 - `GetPersonImage` and `GetTicketAttachments` answer empty for ids that do not exist, so the
   person (`Person.GetPerson`) or ticket (`Ticket.GetTicket`) is checked first.
@@ -889,14 +891,38 @@ class SuperOfficeBackend:
                 what=f"set the image of person {person_id}",
                 write=True,
             )
-        except CrmError as exc:
-            kind = BackendError if isinstance(exc, _MaybeProcessed | _Expired) else type(exc)
-            raise kind(
-                f"{exc}; the person's image is unchanged (the stored, unlinked image {blob_id} is not shown "
-                "anywhere; SaveImageStream images have no delete call)"
-            ) from None
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                bound, state = await self._settle_failed_bind(person_id, blob_id)
+            if bound:
+                logger.info("person %s has image %s although ChangePersonImage reported a failure", person_id, blob_id)
+                return Photo(photo_id=str(blob_id), mime_type=upload.mime_type, size=upload.size)
+            if isinstance(exc, CrmError):
+                kind = BackendError if isinstance(exc, _MaybeProcessed | _Expired) else type(exc)
+                raise kind(f"{exc}; {state}") from None
+            raise
         logger.info("person %s now has image %s", person_id, blob_id)
         return Photo(photo_id=str(blob_id), mime_type=upload.mime_type, size=upload.size)
+
+    async def _settle_failed_bind(self, person_id: int, blob_id: int) -> tuple[bool, str]:
+        """After ChangePersonImage failed: did it take effect anyway (a lost answer)? If not, delete
+        the image SaveImageStream stored, so no unlinked copy is left behind. (True, "") when the
+        person shows the new image; else (False, what state things are in)."""
+        try:
+            body = await self._call(
+                "BLOB", "GetBlobEntityOnPerson", [("PersonId", person_id)], what=f"re-check the image of {person_id}"
+            )
+        except CrmError as exc:
+            logger.warning("SuperOffice: could not re-check person %s after a failed bind: %s", person_id, exc)
+            return False, (
+                f"whether person {person_id} now shows image {blob_id} is unknown; call get_contact_photo to see, "
+                "and bind_photo again if needed"
+            )
+        if integer(body, "Response", "BlobId") == blob_id:
+            return True, ""
+        if await self._quietly("BLOB", "DeleteBlobEntity", [("BlobEntityId", blob_id)]):
+            return False, "the person's image is unchanged and the stored image was deleted again"
+        return False, f"the person's image is unchanged (the unlinked image {blob_id} could not be deleted)"
 
     # ----------------------------------------------------------------------------------- find
 

@@ -415,12 +415,29 @@ async def test_bind_photo_is_save_image_stream_then_change_person_image(
         assert b"".join([chunk async for chunk in download.chunks]) == PNG_1x1
 
 
-async def test_a_failed_bind_leaves_the_old_photo(sim: SuperOfficeSimulator, crm: SuperOfficeBackend) -> None:
+@pytest.mark.parametrize("kind", ["fault", "header"])
+async def test_a_refused_bind_leaves_the_old_photo_and_no_stored_image(
+    sim: SuperOfficeSimulator, crm: SuperOfficeBackend, kind: str
+) -> None:
     old = sim.persons[ALEXANDER_WILSON].image
-    sim.fail("ChangePersonImage", "fault")
-    with pytest.raises(BackendError, match="unchanged"):
+    blobs = set(sim.blobs)
+    sim.fail("ChangePersonImage", kind)
+    with pytest.raises(BackendError, match="unchanged and the stored image was deleted"):
         await crm.bind_photo(str(ALEXANDER_WILSON), upload(PNG_1x1, "face.png", "image/png"))
     assert sim.persons[ALEXANDER_WILSON].image == old
+    assert set(sim.blobs) == blobs  # the image SaveImageStream stored is gone again
+
+
+@pytest.mark.parametrize("kind", ["drop", "fault-after"])
+async def test_a_bind_whose_answer_is_lost_is_checked_not_undone(
+    sim: SuperOfficeSimulator, crm: SuperOfficeBackend, kind: str
+) -> None:
+    sim.fail("ChangePersonImage", kind)
+    photo = await crm.bind_photo(str(ALEXANDER_WILSON), upload(PNG_1x1, "face.png", "image/png"))
+    person = sim.persons[ALEXANDER_WILSON]
+    assert person.image == int(photo.photo_id)
+    assert person.image in sim.blobs  # not half-bound: the linked image still exists
+    assert not sim.calls("DeleteBlobEntity")
 
 
 # -------------------------------------------------------------------------------------------- find

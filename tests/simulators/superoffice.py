@@ -240,6 +240,7 @@ OPERATIONS: dict[tuple[str, str], list[tuple[str, str]]] = {
     ("BLOB", "GetBlobEntityOnPerson"): [("PersonId", "int")],
     ("BLOB", "SaveImageStream"): [("Type", "BlobLinkType"), ("Image", "base64Binary"), ("Description", "string")],
     ("BLOB", "ChangePersonImage"): [("PersonId", "int"), ("BlobId", "int")],
+    ("BLOB", "DeleteBlobEntity"): [("BlobEntityId", "int")],
     ("Person", "GetPerson"): [("PersonId", "int")],
     ("Archive", "GetArchiveListByColumns"): [
         ("ProviderName", "string"),
@@ -978,6 +979,14 @@ class SuperOfficeSimulator:
         if blob_id != 0 and blob_id not in self.blobs:
             raise SoapFault(f"Blob {blob_id} not found", "SoNotFoundException")
         person.image = blob_id
+        return []
+
+    def _op_DeleteBlobEntity(self, args: dict[str, ET.Element]) -> list[tuple[str, Value]]:
+        # The blob goes; a person still linked to it is left pointing at nothing (a half-bound photo
+        # that the tests look for), as nothing in the API documents a cascade.
+        blob = self.blobs.pop(_int(args, "BlobEntityId"), None)
+        if blob is None:
+            raise SoapFault(f"Blob {_int(args, 'BlobEntityId')} not found", "SoNotFoundException")
         return []
 
     # Archive
