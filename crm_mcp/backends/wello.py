@@ -92,6 +92,8 @@ _FILE_FIELDS = (
     "date_add",
 )
 """The `$select` of every listing: everything we use, and never `file_content`."""
+MAX_ANSWER = 64 * 1024
+"""The most of a successful POST answer we read (it only confirms the id we chose)."""
 CLEANUP_SECONDS = 15
 """How long a cancelled upload may spend making sure it left nothing behind."""
 MAX_SCAN_PAGES = 500
@@ -147,6 +149,13 @@ class WelloSettings(BackendSettings):
             raise ValueError("must not be empty")
         if ":" in value:
             raise ValueError("must not contain ':' (Basic auth separates user and password with it)")
+        return value
+
+    @field_validator("domain")
+    @classmethod
+    def _check_domain(cls, value: str) -> str:
+        if "@" in value:
+            raise ValueError("must be the bare Wello domain without '@' (crm-mcp adds it: username:password@domain)")
         return value
 
 
@@ -261,6 +270,12 @@ def _vendor_message(response: httpx.Response) -> str:
         parts.append(text)
     message = " ".join(" ".join(parts).split())
     return message[:500] + ("…" if len(message) > 500 else "")
+
+
+def _has_next_link(body: Mapping[str, Any]) -> bool:
+    """Whether an OData page says more rows follow. Wello's Paging guide spells the key both
+    `@odata.nextLink` (its example) and `@odata.nextlink` (its text), so either is accepted."""
+    return any(key.lower() == "@odata.nextlink" and value for key, value in body.items())
 
 
 async def _close_stream(chunks: AsyncIterator[bytes]) -> None:
@@ -545,7 +560,7 @@ class WelloBackend:
             isinstance(row, dict) and isinstance(row.get("id"), str) for row in rows
         ):
             raise BackendError(f"{self._where()} sent an OData answer without a 'value' list for {entity_set}")
-        return rows, bool(body.get("@odata.nextLink"))
+        return rows, _has_next_link(body)
 
     async def _require_record(self, table: _Table, record_id: str) -> dict[str, Any]:
         rows, _ = await self._query(table.entity_set, filter_=f"id eq {record_id}", select="id", top=1)
@@ -583,9 +598,10 @@ class WelloBackend:
         files: list[FileEntry] = []
         offset = skip
         more = False
-        # One row more than asked tells whether another page exists; archived rows are skipped.
+        # One row more than asked tells whether another page exists; archived rows are skipped. Each request
+        # asks for at most Wello's page of 20, so a short page (and no nextLink) reliably means the end.
         while True:
-            want = limit - len(files) + 1
+            want = min(limit - len(files) + 1, PAGE_SIZE)
             rows, server_more = await self._query(
                 "DbFile",
                 filter_=self._linked(self._case, case_id),
@@ -767,7 +783,7 @@ class WelloBackend:
             headers={"Content-Type": "application/json", "Content-Length": str(length), "Prefer": "return=minimal"},
         )
         try:
-            response = await self.client.send(request)
+            response = await self._send_upload(request)
         except httpx.HTTPError as exc:
             await _close_stream(upload.chunks)
             outcome = "; nothing was stored"
@@ -782,11 +798,32 @@ class WelloBackend:
             raise
         if response.status_code >= 500 and not await self._remove_partial(fields):
             logger.error("db_file %s may have been stored although Wello answered %d", file_id, response.status_code)
-        await self._raise_for(response, doing, f"{table.label} {record_id} was not found on backend '{self.name}'")
+        # The record was checked just before; Wello answers a vanished one with 422, so a 404 here means a
+        # wrong URL or a missing X-Api-Version (the default 404 message says so).
+        await self._raise_for(response, doing)
         logger.info("uploaded %s (%d bytes) to %s %s as db_file %s", name, upload.size, table.label, record_id, file_id)
         return FileEntry(
             file_id=file_id, name=name, mime_type=mime, size=upload.size, created_at=datetime.now(UTC), kind="file"
         )
+
+    async def _send_upload(self, request: httpx.Request) -> httpx.Response:
+        """Send the POST and read at most `MAX_ANSWER` bytes of a successful answer: with `return=minimal`
+        it is just the id, and a server that ignores the preference (echoing the whole record, base64
+        content included) must not make us hold the file a second time. Error answers are read whole."""
+        response = await self.client.send(request, stream=True)
+        try:
+            if not response.is_success:
+                await response.aread()
+                return response
+            read = 0
+            async for piece in response.aiter_raw():
+                read += len(piece)
+                if read >= MAX_ANSWER:
+                    logger.info("Wello ignored Prefer: return=minimal; stopped reading its answer after %d bytes", read)
+                    break
+            return response
+        finally:
+            await response.aclose()
 
     async def _remove_partial(self, fields: Mapping[str, Any]) -> bool:
         """After a failure that may have reached the server: make sure no half-made record stays listed.

@@ -598,9 +598,9 @@ async def test_a_shortened_name_is_said_in_the_tool_result(tmp_path: Path) -> No
 
     from crm_mcp.config import load_settings
     from crm_mcp.server import build_server
-    from tests.contract.harness_wello import HARNESS
+    from tests.contract.harnesses import HARNESSES  # imported through the registry (it loads harness_wello)
 
-    async with HARNESS.start(tmp_path) as started:
+    async with HARNESSES["wello"].start(tmp_path) as started:
         config = tmp_path / "crm-mcp.toml"
         config.write_text(started.toml, encoding="utf-8")
         settings = load_settings(str(config), env={"CRM_MCP_HOME": str(tmp_path / "home")}, cwd=tmp_path)

@@ -11,6 +11,8 @@ HandlingErrors, POST-api-DbFile, ResourceModel db_file):
 - `db_file`: `GET api/DbFile`, `GET api/DbFile(id)` (with `file_content` as base64), `POST api/DbFile`
   (required `id` and `name`, max lengths 100/4000, `file_size` filled in, `Prefer: return=minimal`),
   `PUT api/DbFile(id)`; DELETE is not documented and answers 405.
+- POST/PUT bodies are JSON (`application/json` or `text/json`, two of the documented request formats; XML is
+  not simulated): any other `Content-Type` is a 415.
 - Errors carry ASP.NET Web API bodies: `{"Message": ...}` and, for validation, `ModelState`.
 
 Assumptions (not in the documentation): entity sets `Jobs`, `Task`, `Contact`, `Company`; job and task
@@ -352,6 +354,10 @@ class Faults:
     """Write '/' in JSON strings as '\\/' (as some .NET serializers do)."""
     require_api_version: bool = False
     """Answer 404 when X-Api-Version is missing."""
+    lowercase_next_link: bool = False
+    """Spell the paging key `@odata.nextlink`, as the Paging guide's text does (its example says nextLink)."""
+    ignore_prefer: bool = False
+    """Answer POSTs with the whole record (base64 content included) even under `Prefer: return=minimal`."""
 
 
 @dataclass
@@ -430,9 +436,10 @@ class WelloSimulator:
             if row["db_table_name"] == table and row["id_in_table"] == record_id
         ]
 
-    def seed(self) -> WelloSimulator:
+    def seed(self, case_table: str = "jobs") -> WelloSimulator:
         """The contract data: "Printer on fire" with files of several types, Alexander Wilson with a photo,
-        John Best without."""
+        John Best without. `case_table="task"` makes the printer and invoice cases Service Desk tasks."""
+        cases, prefix = (TABLE_SETS[case_table], "JOB" if case_table == "jobs" else "TSK")
         self.add("Company", id=COMPANY_NORTHWIND, name="Northwind Traders")
         self.add(
             "Contact",
@@ -445,31 +452,33 @@ class WelloSimulator:
         self.add("Contact", id=CONTACT_JOHN, first_name="John", last_name="Best", email=None, company_id=None)
         self.add("Contact", id=CONTACT_MARIA, first_name="Maria", last_name="Garcia", email=None, company_id=None)
         self.add(
-            "Jobs",
+            cases,
             id=JOB_PRINTER,
-            reference="JOB-1001",
+            reference=f"{prefix}-1001",
             subject="Printer on fire",
             contact_id=CONTACT_ALEXANDER,
             company_id=COMPANY_NORTHWIND,
         )
-        self.add("Jobs", id=JOB_INVOICE, reference="JOB-1002", subject="Invoice shows the wrong VAT rate")
+        self.add(cases, id=JOB_INVOICE, reference=f"{prefix}-1002", subject="Invoice shows the wrong VAT rate")
         self.add("Task", id=TASK_PORTAL, reference="TSK-7", subject="Portal login fails")
-        self.add_file("jobs", JOB_PRINTER, "printer.png", "image/png", _demo.printer_png())
+        self.add_file(case_table, JOB_PRINTER, "printer.png", "image/png", _demo.printer_png())
         self.add_file(
-            "jobs",
+            case_table,
             JOB_PRINTER,
             "incident-report.pdf",
             "application/pdf",
             _demo.simple_pdf("Incident report", ["The printer caught fire.", "Nobody was hurt."]),
         )
-        self.add_file("jobs", JOB_PRINTER, "event-log.csv", "text/csv", b"time,event\n09:00,smoke\n09:01,fire\n")
+        self.add_file(case_table, JOB_PRINTER, "event-log.csv", "text/csv", b"time,event\n09:00,smoke\n09:01,fire\n")
         self.add_file(
-            "jobs", JOB_PRINTER, "old-quote.pdf", "application/pdf", b"", file_id=FILE_ARCHIVED, is_archived=True
+            case_table, JOB_PRINTER, "old-quote.pdf", "application/pdf", b"", file_id=FILE_ARCHIVED, is_archived=True
         )
         self.add_file(
-            "jobs", JOB_PRINTER, "diagnostics.json", "application/json", b'{"toner": "low", "fuser_temp_c": 412}\n'
+            case_table, JOB_PRINTER, "diagnostics.json", "application/json", b'{"toner": "low", "fuser_temp_c": 412}\n'
         )
-        self.add_file("jobs", JOB_INVOICE, "invoice.pdf", "application/pdf", _demo.simple_pdf("Invoice", ["VAT 21%"]))
+        self.add_file(
+            case_table, JOB_INVOICE, "invoice.pdf", "application/pdf", _demo.simple_pdf("Invoice", ["VAT 21%"])
+        )
         self.add_file(
             "contact", CONTACT_ALEXANDER, "alexander.png", "image/png", _demo.avatar_png(), file_id=FILE_ALEXANDER_PHOTO
         )
@@ -614,7 +623,8 @@ class WelloSimulator:
             params["$skip"] = str(skip + len(page))
             if top is not None:
                 params["$top"] = str(top - len(page))
-            body["@odata.nextLink"] = f"{request.url.replace(query='')}?{urlencode(params)}"
+            key = "@odata.nextlink" if self.faults.lowercase_next_link else "@odata.nextLink"
+            body[key] = f"{request.url.replace(query='')}?{urlencode(params)}"
         return self._json(body)
 
     def _shape(self, entity_set: str, row: dict[str, Any], fields: list[str]) -> dict[str, Any]:
@@ -681,6 +691,13 @@ class WelloSimulator:
     # ---------------------------------------------------------------------------- writes
 
     async def _body(self, request: Request) -> dict[str, Any]:
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media not in ("application/json", "text/json"):
+            # The documented request formats are JSON and XML; this simulator speaks only JSON.
+            raise ODataError(
+                415,
+                f"The request entity's media type '{media or 'none'}' is not supported for this resource.",
+            )
         raw = await request.body()  # raises ClientDisconnect if the client goes away mid-body
         declared = request.headers.get("content-length")
         if declared is not None and int(declared) != len(raw):
@@ -729,7 +746,7 @@ class WelloSimulator:
         body = await self._body(request)
         fail, self.faults.fail_next_post = self.faults.fail_next_post, None
         if fail is not None:
-            raise ODataError(fail, "An error has occurred.")
+            raise _canned_post_error(fail)
         problems = self._validate(body, creating=True)
         if problems:
             raise ODataError(400, "The request is invalid.", problems)
@@ -770,7 +787,7 @@ class WelloSimulator:
         if self.faults.drop_next_post_response:
             self.faults.drop_next_post_response = False
             return _BrokenResponse()
-        if "return=minimal" in request.headers.get("prefer", ""):
+        if "return=minimal" in request.headers.get("prefer", "") and not self.faults.ignore_prefer:
             return self._json({"id": file_id}, status=201)
         row = self.tables["DbFile"][file_id]
         return self._json(self._shape("DbFile", row, list(DB_FILE_FIELDS)), status=201)
@@ -796,6 +813,21 @@ class WelloSimulator:
         if "return=minimal" in request.headers.get("prefer", ""):
             return Response(status_code=204)
         return self._json(self._shape("DbFile", row, [n for n in DB_FILE_FIELDS if n != "file_content"]))
+
+
+def _canned_post_error(status: int) -> ODataError:
+    """What `fail_next_post` answers: the documented meaning of each status, with a body like Wello's."""
+    if status == 400:
+        return ODataError(
+            400, "The request is invalid.", {"db_file.description": ["Simulated validation failure on description."]}
+        )
+    if status == 409:
+        return ODataError(409, "Simulated conflict with the current state of the db_file.")
+    if status == 422:
+        return ODataError(422, "Simulated foreign key failure: id_in_table does not match a record.")
+    if status == 403:
+        return ODataError(403, "Simulated refusal: this API user may not add files.")
+    return ODataError(status, "An error has occurred.")
 
 
 class _Dropped(Exception):
