@@ -124,6 +124,8 @@ def test_settings_are_strict_and_hide_the_password(sim: WelloSimulator) -> None:
         settings("https://x.wello.solutions", sim, case_table="tickets")
     with pytest.raises(ValidationError):
         settings("https://x.wello.solutions", sim, username="a:b")
+    with pytest.raises(ValidationError, match="without '@'"):
+        settings("https://x.wello.solutions", sim, domain="user@acme")
 
 
 async def test_opening_sends_nothing_and_check_sends_one_request(sim: WelloSimulator, tmp_path: Path) -> None:
@@ -153,15 +155,28 @@ async def test_api_version_is_sent_when_configured(sim: WelloSimulator, tmp_path
     assert sim.requests[-1].headers["x-api-version"] == "1"
 
 
-async def test_wrong_password_is_a_clear_authentication_error(sim: WelloSimulator, tmp_path: Path) -> None:
+@pytest.mark.parametrize("wrong", [{"password": "nope-secret"}, {"domain": "other"}, {"username": "api-user2"}])
+async def test_wrong_credentials_are_a_clear_authentication_error(
+    sim: WelloSimulator, tmp_path: Path, wrong: dict[str, str]
+) -> None:
     context = BackendContext(home=tmp_path, max_transfer_bytes=LIMIT, transport=httpx.ASGITransport(app=sim))
-    wrong = WelloBackend("wello", settings("https://w.example", sim, password="nope-secret"), context)
-    async with wrong as backend:
+    async with WelloBackend("wello", settings("https://w.example", sim, **wrong), context) as backend:
         with pytest.raises(AuthenticationError) as raised:
             await backend.list_case_files(simulator.JOB_PRINTER, limit=5, cursor=None)
     message = str(raised.value)
     assert "401" in message and "username, password and domain" in message
-    assert "nope-secret" not in message
+    assert "Authorization has been denied" in message  # Wello's own words are passed on
+    assert "nope-secret" not in message and sim.password not in message
+
+
+async def test_simulator_wants_the_domain_form_of_basic_auth(sim: WelloSimulator) -> None:
+    """`username:password` alone (ordinary Basic auth) is refused: Wello needs `username:password@domain`."""
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sim), base_url="https://w.example/api/") as http:
+        for user in (b"api-user:s3cret:pass@word", b"api-user@acme:s3cret:pass@word", b"api-user:s3cret:pass@word@"):
+            header = {"Authorization": "Basic " + base64.b64encode(user).decode()}
+            assert (await http.get("Jobs", headers=header)).status_code == 401, user
+        good = {"Authorization": "Basic " + base64.b64encode(b"api-user:s3cret:pass@word@acme").decode()}
+        assert (await http.get("Jobs", headers=good)).status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -240,6 +255,23 @@ async def test_a_120_file_job_is_listed_completely_across_pages(crm: WelloBacken
     for limit in (7, 20, 119):
         ids = await listing(crm, simulator.JOB_INVOICE, limit=limit)
         assert ids == [entry.file_id for entry in big.files]
+    # Never more than Wello's page of 20 asked for, and no answer carried file content.
+    listed = [r for r in sim.requests if r.path == "/api/DbFile" and "id_in_table" in r.query.get("$filter", "")]
+    assert listed and all(1 <= int(r.query["$top"]) <= 20 for r in listed)
+    assert all("file_content" not in r.query["$select"] for r in listed)
+
+
+async def test_listing_is_complete_when_the_next_link_is_spelled_nextlink(
+    crm: WelloBackend, sim: WelloSimulator
+) -> None:
+    """The Paging guide writes the key as `@odata.nextlink` in its text and `@odata.nextLink` in its example."""
+    expected = {row["id"] for row in sim.files_of("jobs", simulator.JOB_INVOICE)} | {
+        sim.add_file("jobs", simulator.JOB_INVOICE, f"g{i:02}.txt", "text/plain", b"g") for i in range(44)
+    }
+    sim.faults.lowercase_next_link = True
+    page = await crm.list_case_files(simulator.JOB_INVOICE, limit=100, cursor=None)
+    assert {entry.file_id for entry in page.files} == expected
+    assert page.next_cursor is None
 
 
 async def test_missing_case_is_not_found_and_bad_cursor_refused(crm: WelloBackend) -> None:
@@ -261,6 +293,15 @@ async def test_cases_can_be_service_desk_tasks(sim: WelloSimulator, tmp_path: Pa
         assert [record.id for record in records] == [simulator.TASK_PORTAL]
         with pytest.raises(NotFoundError):
             await backend.list_case_files(simulator.JOB_PRINTER, limit=10, cursor=None)
+        entry = await backend.upload_attachment("case", simulator.TASK_PORTAL, upload(b"log", "log.txt", "text/plain"))
+        with pytest.raises(NotFoundError, match="task"):
+            await backend.upload_attachment("case", simulator.JOB_PRINTER, upload(b"x"))
+    row = sim.tables["DbFile"][entry.file_id]
+    assert (row["db_table_name"], row["id_in_table"]) == ("task", simulator.TASK_PORTAL)
+    listings = [r.query["$filter"] for r in sim.requests if "id_in_table" in r.query.get("$filter", "")]
+    assert listings and all(f.startswith("db_table_name eq 'task' and id_in_table eq ") for f in listings)
+    assert {r.path for r in sim.requests if r.query.get("$filter", "").startswith("id eq ")} >= {"/api/Task"}
+    assert "/api/Jobs" not in {r.path for r in sim.requests}
 
 
 # ------------------------------------------------------------------------------------ downloads
@@ -381,6 +422,19 @@ def test_shorten_name_counts_like_dotnet() -> None:
     assert len(odd) == 100
 
 
+async def test_simulator_accepts_only_json_bodies(sim: WelloSimulator) -> None:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sim), base_url="https://w.example/api/") as http:
+        auth = {"Authorization": "Basic " + base64.b64encode(b"api-user:s3cret:pass@word@acme").decode()}
+        body = json.dumps(
+            {"id": MISSING, "name": "a.txt", "db_table_name": "jobs", "id_in_table": simulator.JOB_PRINTER}
+        )
+        plain = await http.post("DbFile", content=body, headers={**auth, "Content-Type": "text/plain"})
+        assert plain.status_code == 415 and "media type" in plain.json()["Message"]
+        assert MISSING not in sim.tables["DbFile"]
+        ok = await http.post("DbFile", content=body, headers={**auth, "Content-Type": "text/json; charset=utf-8"})
+        assert ok.status_code == 201
+
+
 async def test_simulator_refuses_a_name_over_100_characters(sim: WelloSimulator) -> None:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sim), base_url="https://w.example/api/") as http:
         auth = {"Authorization": "Basic " + base64.b64encode(b"api-user:s3cret:pass@word@acme").decode()}
@@ -399,20 +453,27 @@ async def test_simulator_refuses_a_name_over_100_characters(sim: WelloSimulator)
 
 
 @pytest.mark.parametrize(
-    ("status", "error"),
+    ("status", "error", "said"),
     [
-        (500, BackendError),
-        (400, InvalidInputError),
-        (422, InvalidInputError),
-        (403, PermissionDeniedError),
-        (409, ConflictError),
+        (500, BackendError, "try again later"),
+        (400, InvalidInputError, "db_file.description: Simulated validation failure on description"),
+        (422, InvalidInputError, "Simulated foreign key failure: id_in_table does not match a record"),
+        (403, PermissionDeniedError, "Simulated refusal: this API user may not add files"),
+        (409, ConflictError, "Simulated conflict with the current state of the db_file"),
+        (404, BackendError, "api_version"),
     ],
 )
-async def test_failed_post_leaves_nothing(crm: WelloBackend, sim: WelloSimulator, status: int, error: type) -> None:
+async def test_failed_post_leaves_nothing(
+    crm: WelloBackend, sim: WelloSimulator, status: int, error: type, said: str
+) -> None:
     before = await listing(crm, simulator.JOB_PRINTER)
     sim.faults.fail_next_post = status
-    with pytest.raises(error, match=str(status)):
+    with pytest.raises(error) as raised:
         await crm.upload_attachment("case", simulator.JOB_PRINTER, upload(b"data", "x.txt", "text/plain"))
+    # The status, what Wello said (its error body) and what was being done all reach the tool error.
+    assert type(raised.value) is error  # e.g. a 404 on POST is not "job not found": the job was just checked
+    message = str(raised.value)
+    assert f"HTTP {status}" in message and said in message and "'x.txt'" in message
     assert await listing(crm, simulator.JOB_PRINTER) == before
 
 
@@ -437,6 +498,50 @@ async def test_connection_lost_after_the_insert_leaves_nothing_listed(sim: Wello
     (stored,) = [row for row in sim.files_of("jobs", simulator.JOB_PRINTER) if row["name"] == "x.txt"]
     assert stored["is_archived"] is True
     assert stored["id"] not in sim.contents
+
+
+class _CountingTransport(httpx.AsyncBaseTransport):
+    """A real socket transport that counts, per method, the answer bytes the client actually read."""
+
+    def __init__(self) -> None:
+        self._inner = httpx.AsyncHTTPTransport()
+        self.read: dict[str, int] = {}
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self._inner.handle_async_request(request)
+        inner, counts, method = response.stream, self.read, request.method
+
+        class Counted(httpx.AsyncByteStream):
+            async def __aiter__(self) -> AsyncIterator[bytes]:
+                async for chunk in inner:  # type: ignore[union-attr]
+                    counts[method] = counts.get(method, 0) + len(chunk)
+                    yield chunk
+
+            async def aclose(self) -> None:
+                await inner.aclose()  # type: ignore[union-attr]
+
+        return httpx.Response(
+            response.status_code, headers=response.headers, stream=Counted(), extensions=response.extensions
+        )
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def test_an_echoed_upload_is_not_read_back(sim: WelloSimulator, tmp_path: Path) -> None:
+    """A server that ignores `Prefer: return=minimal` echoes the record with its base64 content; the backend
+    stops reading that answer early instead of holding the file a second time."""
+    data = random.Random(8).randbytes(2_000_000)
+    sim.faults.ignore_prefer = True
+    transport = _CountingTransport()
+    with serve(sim) as url:
+        context = BackendContext(home=tmp_path, max_transfer_bytes=LIMIT, transport=transport)
+        async with WelloBackend("wello", settings(url, sim), context) as backend:
+            entry = await backend.upload_attachment("case", simulator.JOB_PRINTER, upload(data, "echo.bin"))
+            assert await read(backend, entry.file_id) == data
+    assert sim.contents[entry.file_id] == data
+    assert transport.read["POST"] < 256 * 1024, transport.read  # of an answer of about 2.7 MB
+    assert transport.read["GET"] > len(data)  # the counting itself works: the download was read whole
 
 
 async def test_truncated_source_stores_nothing(crm: WelloBackend, sim: WelloSimulator) -> None:
