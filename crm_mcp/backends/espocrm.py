@@ -5,7 +5,9 @@ How EspoCRM keeps files, and what this module does about it:
 - A case's files are its `attachments` field (attachment-multiple): `GET Case/{id}` carries
   `attachmentsIds`, `attachmentsNames` and `attachmentsTypes`; sizes come from `GET Attachment/{id}`.
   EspoCRM 9.1+ also answers `GET Case/{id}/streamAttachments` (files posted to the case's stream);
-  whether the server has it is found out once (a 404 is remembered), never assumed from a version.
+  whether the server has it is found out by asking, never assumed from a version. Before 9.1 the
+  request lands on the generic related-records route, which fails on the unknown link with a bare
+  500 (a 404 would be as clear): that answer is remembered for a while, then the route is asked again.
   `GET Case/{id}/attachments` answers an empty list on real servers, so it is never used.
 - Uploading is two calls: `POST Attachment` (JSON with a data URL) and a link. The JSON body is
   streamed: the base64 text is produced on the fly in 3-byte-aligned pieces with an exact
@@ -13,7 +15,10 @@ How EspoCRM keeps files, and what this module does about it:
   chunked upload is used (`isBeingUploaded` + `POST Attachment/chunk/{id}`).
 - Linking to a case sends `attachmentsIds`, which REPLACES the list: the current ids are read
   first and sent with the new one; the case is re-read afterwards and, when a concurrent writer
-  dropped the new id, linked once more. Links to one case from this process are serialised.
+  dropped the new id, linked once more. Where the case has a `versionNumber` (optimistic concurrency:
+  on for Case from 9.1), it goes along as `X-Version-Number`, so a write based on a list someone
+  else changed meanwhile is refused (409) instead of unlinking their file; the case is then re-read
+  and the link retried once. Links to one case from this process are serialised.
   A failed link deletes the uploaded attachment, so nothing is left orphaned.
 - Contacts and accounts have no attachment field in core EspoCRM: files for them are posted to the
   record's stream as a Note (`parentType: Note`, field `attachments`), which works out of the box.
@@ -32,6 +37,7 @@ import hmac
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Generator, Sequence
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
@@ -84,6 +90,12 @@ _ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_-]{0,35}$")
 """EspoCRM ids: 17 hex-like characters by default, or UUIDs when the instance is set up for them."""
 _FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,99}$")
 _MAX_RETRY_AFTER = 10.0
+_STREAM_RECHECK_SECONDS = 900.0
+"""How long a server that lacked `streamAttachments` is believed to lack it (it may be upgraded)."""
+_monotonic = time.monotonic
+"""The clock of that belief (a module attribute so tests can move it on)."""
+_NO_ROUTE_STATUSES = frozenset({404, 405, 500, 501})
+"""How servers without a route answer it (8.x/9.0: 500 from the generic related-records route)."""
 _RETRY_STATUSES = frozenset({502, 503, 504})
 _IMAGE_EXTENSIONS: dict[str, tuple[str, ...]] = {
     "image/jpeg": (".jpg", ".jpeg"),
@@ -298,6 +310,8 @@ class EspoCrmBackend:
         self._client: httpx.AsyncClient | None = None
         self._stream_attachments: bool | None = None
         """Whether the server has `Case/{id}/streamAttachments` (9.1+); None until found out."""
+        self._stream_recheck_at = 0.0
+        """Monotonic time after which a server found without the route is asked again."""
         self._link_locks: dict[str, anyio.Lock] = {}
 
     @property
@@ -538,7 +552,7 @@ class EspoCrmBackend:
 
     async def _stream_files(self, case_id: str) -> list[FileEntry]:
         """Files of the case's stream notes (EspoCRM 9.1+); empty where the server lacks the route."""
-        if self._stream_attachments is False:
+        if self._stream_attachments is False and _monotonic() < self._stream_recheck_at:
             return []
         found: list[FileEntry] = []
         offset = 0
@@ -547,9 +561,15 @@ class EspoCrmBackend:
                 "GET", f"Case/{case_id}/streamAttachments", params={"maxSize": MAX_SIZE, "offset": offset}
             )
             response = await self._send(request, f"list the stream files of case {case_id}")
-            if response.status_code == 404:
-                self._stream_attachments = False  # 8.x: no such route (the case itself was just read)
-                logger.info("EspoCRM %s has no streamAttachments route (before 9.1)", self.name)
+            if response.status_code in _NO_ROUTE_STATUSES and offset == 0:
+                # Before 9.1 (the case itself was just read, so the failure is the unknown route).
+                self._stream_attachments = False
+                self._stream_recheck_at = _monotonic() + _STREAM_RECHECK_SECONDS
+                logger.info(
+                    "EspoCRM %s answered streamAttachments with HTTP %d: no stream-note files (before 9.1)",
+                    self.name,
+                    response.status_code,
+                )
                 return []
             if response.status_code == 403:
                 return []  # no stream access for this user: the field's files are still listed
@@ -752,9 +772,10 @@ class EspoCrmBackend:
             record_id,
             attachment["id"],
         )
+        stored = attachment.get("name")
         return FileEntry(
             file_id=attachment["id"],
-            name=upload.name,
+            name=stored if isinstance(stored, str) and stored else upload.name,
             mime_type=upload.mime_type,
             size=upload.size,
             created_at=_parse_time(attachment.get("createdAt")),
@@ -850,16 +871,17 @@ class EspoCrmBackend:
                 current = [item for item in case.get("attachmentsIds") or [] if isinstance(item, str)]
                 if attachment_id in current:
                     return
-                body: dict[str, Any] = {"attachmentsIds": [*current, attachment_id]}
-                if isinstance(case.get("versionNumber"), int):
-                    body["versionNumber"] = case["versionNumber"]  # optimistic concurrency, where enabled
+                version = case.get("versionNumber")
+                # Optimistic concurrency (EspoCRM reads the header; a versionNumber in the body is dropped).
+                headers = {"X-Version-Number": str(version)} if type(version) is int else None
                 try:
                     await self._call(
                         "PUT",
                         f"Case/{case_id}",
                         f"link the file to case {case_id}",
                         missing=self._missing("case", case_id),
-                        json_body=body,
+                        json_body={"attachmentsIds": [*current, attachment_id]},
+                        headers=headers,
                     )
                 except ConflictError:
                     if attempt == 0:
@@ -902,6 +924,7 @@ class EspoCrmBackend:
         text = " ".join(query.split())
         if not text:
             raise InvalidInputError("query is empty: give a name, a case number (e.g. '42') or words of a subject")
+        pattern = _like_literal(text)
         if limit < 1:
             raise InvalidInputError(f"limit must be at least 1, got {limit}")
         size = min(limit, MAX_SIZE)
@@ -912,13 +935,13 @@ class EspoCrmBackend:
                 ("select", "id,name,firstName,lastName"),
                 ("orderBy", "name"),
                 ("order", "asc"),
-                *_where([{"type": "contains", "attribute": "name", "value": text}]),
+                *_where([{"type": "contains", "attribute": "name", "value": pattern}]),
             ]
             data = await self._call("GET", "Contact", f"find contacts matching {text!r}", params=params)
             return [Record(id=row["id"], title=_person(row), record_type="contact") for row in _rows(data)][:limit]
         if record_type == "case":
             number = text.removeprefix("#").strip()
-            filters: list[dict[str, Any]] = [{"type": "contains", "attribute": "name", "value": text}]
+            filters: list[dict[str, Any]] = [{"type": "contains", "attribute": "name", "value": pattern}]
             if number.isdigit():
                 filters.append({"type": "equals", "attribute": "number", "value": number})
             params = [
@@ -942,6 +965,13 @@ class EspoCrmBackend:
 
 
 # ---------------------------------------------------------------------------------- free functions
+
+
+def _like_literal(text: str) -> str:
+    """`text` for EspoCRM's `contains`/`startsWith`, which become SQL LIKE with the value unescaped:
+    a backslash before `%`, `_` and itself makes them match literally (MySQL's and PostgreSQL's
+    default LIKE escape), so a query of "%" finds names containing "%", not every record."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _rows(data: Any) -> list[dict[str, Any]]:
@@ -976,7 +1006,8 @@ def _field_entries(case: dict[str, Any]) -> list[FileEntry]:
 
 def _body_detail(response: httpx.Response) -> str:
     """What a JSON error body says (EspoCRM's validation failures, `message`), in one line."""
-    if not response.content or "json" not in response.headers.get("Content-Type", ""):
+    # The body is JSON even where the error response kept another Content-Type.
+    if not response.content.lstrip().startswith(b"{"):
         return ""
     try:
         data = response.json()

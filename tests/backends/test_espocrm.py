@@ -14,6 +14,7 @@ import anyio
 import httpx
 import pytest
 
+from crm_mcp.backends import espocrm
 from crm_mcp.backends.base import BackendContext, Upload
 from crm_mcp.backends.espocrm import MAX_SIZE, EspoCrmBackend, EspoCrmSettings, hmac_header
 from crm_mcp.config import Settings
@@ -208,6 +209,24 @@ async def test_stream_attachments_are_listed_on_91(tmp_path: Path) -> None:
         assert await read(crm, files[-1].file_id) == b"t,temp\n1,80\n2,300\n"
 
 
+async def test_before_91_the_probe_is_a_bare_500_and_is_asked_again_later(
+    crm: EspoCrmBackend, sim: EspoSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sim), base_url=URL) as client:
+        probe = await client.get(f"/api/v1/Case/{printer(sim)}/streamAttachments", headers={"X-Api-Key": API_KEY})
+    assert (probe.status_code, probe.headers.get("X-Status-Reason")) == (500, None)  # what 8.4/9.0 answer
+    now = [5000.0]
+    monkeypatch.setattr(espocrm, "_monotonic", lambda: now[0])
+    assert len((await crm.list_case_files(printer(sim), limit=10, cursor=None)).files) == 3
+    sim.version = (9, 1)  # the server is upgraded while crm-mcp keeps running
+    sim.post_to_stream("Case", printer(sim), "after-upgrade.txt", "text/plain", b"new")
+    assert len((await crm.list_case_files(printer(sim), limit=10, cursor=None)).files) == 3  # still believed 8.x
+    now[0] += 901
+    files = (await crm.list_case_files(printer(sim), limit=10, cursor=None)).files
+    assert [file.name for file in files][-1] == "after-upgrade.txt"
+    assert count(sim, "GET", lambda path: path.endswith("/streamAttachments")) == 3  # 1 by hand, 2 by the backend
+
+
 async def test_paging_and_bad_cursor(crm: EspoCrmBackend, sim: EspoSimulator) -> None:
     first = await crm.list_case_files(printer(sim), limit=2, cursor=None)
     assert len(first.files) == 2 and first.next_cursor
@@ -245,6 +264,25 @@ async def test_find_case_by_number_first(crm: EspoCrmBackend, sim: EspoSimulator
     assert [item.id for item in found] == [printer(sim)]
     assert found[0].title == "#1001 · Printer on fire"
     assert await crm.find_records("case", "o'brien%_", limit=5) == []  # values are parameters, never syntax
+
+
+async def test_find_treats_like_wildcards_literally(crm: EspoCrmBackend, sim: EspoSimulator) -> None:
+    """EspoCRM's `contains` is SQL LIKE with the value unescaped; the backend escapes `%`, `_` and `\\`."""
+    sim.add_contact("Percy", "100% Cotton")
+    sim.add_contact("Under", "Score_Man")
+    sim.add_contact("Back", "Slash\\Name")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sim), base_url=URL) as client:
+        raw = await client.get(
+            "/api/v1/Contact",
+            params={"where[0][type]": "contains", "where[0][attribute]": "name", "where[0][value]": "%"},
+            headers={"X-Api-Key": API_KEY},
+        )
+    assert raw.json()["total"] == len(sim.records["Contact"])  # unescaped, '%' matches every contact
+    assert [item.title for item in await crm.find_records("contact", "%", limit=50)] == ["Percy 100% Cotton"]
+    assert [item.title for item in await crm.find_records("contact", "_", limit=50)] == ["Under Score_Man"]
+    assert [item.title for item in await crm.find_records("contact", "h\\n", limit=50)] == ["Back Slash\\Name"]
+    assert await crm.find_records("case", "%", limit=50) == []
+    assert await crm.find_records("contact", "x&where[1][type]=isNotNull", limit=50) == []  # only ever a value
 
 
 async def test_attachment_list_is_admin_only(sim: EspoSimulator) -> None:
@@ -290,6 +328,81 @@ async def test_concurrent_change_is_reread_and_retried_once(crm: EspoCrmBackend,
     rival = next(item.id for item in sim.attachments.values() if item.name == "rival.txt")
     assert set(after) == {*before, rival, entry.file_id}
     assert count(sim, "PUT", lambda path: path.startswith("/Case/")) == 2
+
+
+async def test_stale_write_on_91_is_a_conflict_then_retried(tmp_path: Path) -> None:
+    """9.1+ Case has optimistic concurrency: X-Version-Number makes a write based on an old list a 409
+    instead of silently unlinking the file another client linked meanwhile."""
+    sim = seeded_simulator((9, 1))
+    case_id = printer(sim)
+    before = sim.case_attachment_ids(case_id)
+    sim.rival_links_before_put = 1
+    async with backend_for(sim, tmp_path) as crm:
+        entry = await crm.upload_attachment("case", case_id, upload_of(b"mine", "mine.txt", "text/plain"))
+    rival = next(item.id for item in sim.attachments.values() if item.name == "rival-linked.txt")
+    after = sim.case_attachment_ids(case_id)
+    assert sorted(after) == sorted([*before, rival, entry.file_id]) and len(after) == len(before) + 2
+    assert count(sim, "PUT", lambda path: path == f"/Case/{case_id}") == 2
+
+
+async def test_simulator_version_number_is_a_header_not_a_body_field(tmp_path: Path) -> None:
+    sim = seeded_simulator((9, 1))
+    case_id = printer(sim)
+    headers = {"X-Api-Key": API_KEY}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sim), base_url=URL) as client:
+        case = (await client.get(f"/api/v1/Case/{case_id}", headers=headers)).json()
+        version, ids = case["versionNumber"], case["attachmentsIds"]
+        ignored = await client.put(
+            f"/api/v1/Case/{case_id}", json={"attachmentsIds": ids[:2], "versionNumber": version - 1}, headers=headers
+        )
+        assert ignored.status_code == 200  # EspoCRM drops versionNumber from the input
+        stale = await client.put(
+            f"/api/v1/Case/{case_id}",
+            json={"attachmentsIds": ids[:1]},
+            headers={**headers, "X-Version-Number": str(version)},
+        )
+        assert (stale.status_code, stale.headers["X-Status-Reason"]) == (409, "modified")
+        assert stale.json() == {"values": {"attachmentsIds": ids[:2]}, "versionNumber": version + 1}
+        same = await client.put(
+            f"/api/v1/Case/{case_id}",
+            json={"attachmentsIds": ids[:2]},
+            headers={**headers, "X-Version-Number": str(version)},
+        )
+        assert same.status_code == 200  # a stale version that changes nothing is no conflict
+    old = seeded_simulator((8, 4))  # 8.x Case has no optimistic concurrency unless an admin enables it
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=old), base_url=URL) as client:
+        case = (await client.get(f"/api/v1/Case/{printer(old)}", headers=headers)).json()
+        unchecked = await client.put(
+            f"/api/v1/Case/{printer(old)}",
+            json={"attachmentsIds": case["attachmentsIds"][:1]},
+            headers={**headers, "X-Version-Number": "1"},
+        )
+    assert "versionNumber" not in case and unchecked.status_code == 200
+
+
+async def test_linking_a_missing_attachment_is_refused(crm: EspoCrmBackend, sim: EspoSimulator) -> None:
+    case_id = printer(sim)
+    before = sim.case_attachment_ids(case_id)
+    headers = {"X-Api-Key": API_KEY}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sim), base_url=URL) as client:
+        refused = await client.put(
+            f"/api/v1/Case/{case_id}", json={"attachmentsIds": [*before, "0123456789abcdef0"]}, headers=headers
+        )
+        photo = await client.put(
+            f"/api/v1/Contact/{record(sim, 'Contact', firstName='John')}",
+            json={"cPhotoId": "0123456789abcdef0"},
+            headers=headers,
+        )
+    assert refused.status_code == 403
+    assert refused.headers["X-Status-Reason"] == (
+        "Can't relate with non-existing record. entity type: Case, link: attachments."
+    )
+    assert refused.json()["messageTranslation"]["label"] == "cannotRelateNonExisting"
+    assert (photo.status_code, photo.headers["X-Status-Reason"]) == (
+        403,
+        "Can't relate with non-existing record. entity type: Contact, link: cPhoto.",
+    )
+    assert sim.case_attachment_ids(case_id) == before
 
 
 async def test_persistent_concurrent_change_fails_and_leaves_no_orphan(crm: EspoCrmBackend, sim: EspoSimulator) -> None:

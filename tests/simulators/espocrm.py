@@ -7,16 +7,24 @@ It behaves as EspoCRM's code and a real 8.4.2 instance do where the backend depe
   `Authorization: Basic` and `Espo-Authorization` (regular users). A failure is 401 with an empty
   body and no reason; more than 10 failed logins in 60 s → a bare 403 for EVERY request.
 - `GET Case/{id}` carries `attachmentsIds/Names/Types`; `GET Case/{id}/attachments` answers an empty
-  list (the real quirk); `GET Case/{id}/streamAttachments` exists only when `version >= (9, 1)`.
+  list (the real quirk); `GET Case/{id}/streamAttachments` exists only when `version >= (9, 1)` (newest
+  first, as Attachment's default order); before that the generic related-records route takes the
+  request and fails on the unknown link with a bare 500 (PHP's RuntimeException), as 8.4 and 9.0 do.
 - `POST Attachment` (data URL JSON): role, field and parent checks, image type/extension/detected
   type checks with EspoCRM's reasons, `parentId`/`relatedId` cleared; chunked upload
   (`isBeingUploaded`, `POST Attachment/chunk/{id}`); `GET Attachment` (list) is admin-only.
 - `PUT Case/{id} {"attachmentsIds": [...]}` REPLACES the list (left-out files are unlinked);
-  `PUT Contact/{id} {"<field>Id": ...}` deletes the previous image.
-- Lists: `maxSize` (> 200 → 403), `offset`, `where[...]`, `select`, `orderBy`/`order`, answering
+  `PUT Contact/{id} {"<field>Id": ...}` deletes the previous image. An id of an attachment that does
+  not exist → 403 "Can't relate with non-existing record. …" with a `cannotRelateNonExisting` body.
+- Optimistic concurrency (Case has it from 9.1 on): records carry `versionNumber`; a PUT with an
+  `X-Version-Number` header that is not the current one and that changes something → 409 "modified"
+  with `{"values", "versionNumber"}`. `versionNumber` in a request body is ignored, as EspoCRM does.
+- Lists: `maxSize` (> 200 → 403), `offset`, `where[...]` (`contains`/`startsWith`/`endsWith` are SQL
+  LIKE: `%` and `_` are wildcards, a backslash escapes them), `select`, `orderBy`/`order`, answering
   `{"total", "list"}`. Errors carry `X-Status-Reason`.
 
-Fault switches (`faults`, `concurrent_link_changes`, `drop_download`) and a request log (`requests`)
+Fault switches (`faults`, `concurrent_link_changes`, `rival_links_before_put`, `drop_download`) and a
+request log (`requests`)
 let tests provoke and observe what a real server does under stress.
 """
 
@@ -185,13 +193,14 @@ class EspoSimulator:
         *,
         version: tuple[int, int] = (8, 4),
         photo_field: str | None = "cPhoto",
-        optimistic_concurrency: bool = False,
+        optimistic_concurrency: bool | None = None,
         attachment_max_size: int = 256 * 1024 * 1024,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.version = version
         self.photo_field = photo_field
-        self.optimistic_concurrency = optimistic_concurrency
+        self.optimistic_concurrency = version >= (9, 1) if optimistic_concurrency is None else optimistic_concurrency
+        """Case's optimisticConcurrencyControl (on by default from 9.1; an admin can enable it on 8.x)."""
         self.attachment_max_size = attachment_max_size
         self.clock = clock
         self.users: list[SimUser] = []
@@ -206,6 +215,9 @@ class EspoSimulator:
         self.concurrent_link_changes = 0
         """This many `PUT Case` calls that change attachmentsIds are followed, at once, by another
         client's write based on the list from before them (their new id is lost)."""
+        self.rival_links_before_put = 0
+        """This many `PUT Case` calls that change attachmentsIds find that, since the caller read the case,
+        another client linked a file of its own (a proper write: the version number moves on)."""
         self.drop_download = 0
         """This many file downloads stop halfway (the declared Content-Length is not met)."""
         self.latency = 0.0
@@ -342,16 +354,18 @@ class EspoSimulator:
             return None
         if signed := headers.get("x-hmac-authorization"):
             try:
-                api_key, _, signature = base64.b64decode(signed, validate=True).decode().partition(":")
+                key_bytes, _, signature = base64.b64decode(signed, validate=True).partition(b":")
+                api_key = key_bytes.decode()
             except (binascii.Error, UnicodeDecodeError):
                 self._fail()
                 return None
             for user in self.users:
                 if user.type == "api" and user.auth_method == "Hmac" and user.api_key == api_key and user.secret_key:
-                    expected = hmac.new(
-                        user.secret_key.encode(), f"{request.method} {path}".encode(), hashlib.sha256
-                    ).hexdigest()
-                    if hmac.compare_digest(expected, signature):
+                    signer = hmac.new(user.secret_key.encode(), f"{request.method} {path}".encode(), hashlib.sha256)
+                    # The hex digest since 8.4.1; the raw-bytes digest of older clients is still accepted.
+                    if hmac.compare_digest(signer.hexdigest().encode(), signature) or hmac.compare_digest(
+                        signer.digest(), signature
+                    ):
                         return user
             self._fail()
             return None
@@ -414,16 +428,20 @@ class EspoSimulator:
                 if len(parts) == 2 and method == "GET":
                     return JSONResponse(self._present(entity, record))
                 if len(parts) == 2 and method in ("PUT", "PATCH"):
-                    return self._update(entity, record, await self._json(request))
+                    version = request.headers.get("x-version-number")
+                    return self._update(entity, record, await self._json(request), version)
                 if len(parts) == 3 and method == "GET" and entity == "Case" and parts[2] == "attachments":
                     return JSONResponse({"total": 0, "list": []})
                 if len(parts) == 3 and method == "GET" and parts[2] == "streamAttachments" and self.version >= (9, 1):
-                    items = [item.attributes() for item in self.stream_attachments(entity, record["id"])]
+                    found = self.stream_attachments(entity, record["id"])
+                    items = [item.attributes() for item in reversed(found)]  # createdAt desc
                     offset, size = self._paging(request)
                     return JSONResponse({"total": len(items), "list": items[offset : offset + size]})
                 if len(parts) == 3 and method == "GET":
-                    # The generic related-records route (8.x answers streamAttachments here too).
-                    raise _Error(404, "Link does not exist.")
+                    # The generic related-records route: an unknown link makes the ORM throw a
+                    # RuntimeException ("Relation '…' does not exist."), which EspoCRM answers with a
+                    # bare 500 — this is what 8.x and 9.0 answer to streamAttachments.
+                    raise _Error(500)
         raise _Error(404)
 
     # --------------------------------------------------------------------------- records
@@ -444,8 +462,8 @@ class EspoSimulator:
             out["attachmentsIds"] = ids
             out["attachmentsNames"] = {item: self.attachments[item].name for item in ids}
             out["attachmentsTypes"] = {item: self.attachments[item].type for item in ids}
-            if not self.optimistic_concurrency:
-                out.pop("versionNumber", None)
+        if entity == "Case" and not self.optimistic_concurrency:
+            out.pop("versionNumber", None)
         return out
 
     def _paging(self, request: Request) -> tuple[int, int]:
@@ -455,7 +473,7 @@ class EspoSimulator:
         except ValueError:
             raise _Error(400, "Bad maxSize or offset.") from None
         if size > MAX_SIZE:
-            raise _Error(403, f"Max size should should not exceed {MAX_SIZE}. Use offset and limit.")
+            raise _Error(403, f"Max size should not exceed {MAX_SIZE}. Use offset and limit.")
         return max(offset, 0), max(size, 0)
 
     def _list(self, entity: str, request: Request) -> Response:
@@ -474,12 +492,17 @@ class EspoSimulator:
             rows = [{key: value for key, value in row.items() if key in wanted} for row in rows]
         return JSONResponse({"total": len(rows), "list": rows[offset : offset + size]})
 
-    def _update(self, entity: str, record: dict[str, Any], data: Any) -> Response:
+    def _update(self, entity: str, record: dict[str, Any], data: Any, version: str | None) -> Response:
         if not isinstance(data, dict):
             raise _Error(400, "Bad data.")
-        stale = "versionNumber" in data and data["versionNumber"] != record.get("versionNumber")
-        if entity == "Case" and self.optimistic_concurrency and stale:
-            raise _Error(409, "modified", {"values": self._present(entity, record)})
+        data.pop("versionNumber", None)  # a system attribute: EspoCRM drops it from input
+        if entity == "Case" and "attachmentsIds" in data and self.rival_links_before_put > 0:
+            self.rival_links_before_put -= 1
+            rival = self.add_attachment("rival-linked.txt", "text/plain", b"linked by someone else")
+            self._replace_case_attachments(record["id"], [*self.case_attachment_ids(record["id"]), rival.id])
+            record["versionNumber"] = int(record.get("versionNumber") or 1) + 1
+        if entity == "Case" and self.optimistic_concurrency and version is not None:
+            self._check_version(record, data, version)
         if "name" in data and not str(data["name"] or "").strip():
             raise _Error(
                 400,
@@ -496,6 +519,7 @@ class EspoSimulator:
             ids = data["attachmentsIds"]
             if not isinstance(ids, list):
                 raise _Error(400, "Bad attachmentsIds.")
+            self._check_related(entity, "attachments", ids)
             before = self.case_attachment_ids(record["id"])
             self._replace_case_attachments(record["id"], ids)
             if self.concurrent_link_changes > 0:
@@ -505,6 +529,8 @@ class EspoSimulator:
         if entity == "Contact" and self.photo_field and f"{self.photo_field}Id" in data:
             new_id = data[f"{self.photo_field}Id"]
             old_id = record.get(f"{self.photo_field}Id")
+            if new_id is not None and new_id != old_id:
+                self._check_related(entity, self.photo_field, [new_id])
             if new_id and new_id in self.attachments:
                 photo = self.attachments[new_id]
                 photo.related_type, photo.related_id = "Contact", record["id"]
@@ -516,6 +542,40 @@ class EspoSimulator:
                 record[key] = data[key]
         record["versionNumber"] = int(record.get("versionNumber") or 1) + 1
         return JSONResponse(self._present(entity, record))
+
+    def _check_version(self, record: dict[str, Any], data: dict[str, Any], version: str) -> None:
+        """OptimisticProcessor: a stale X-Version-Number is a conflict only if the write changes a value."""
+        try:
+            sent = int(version)
+        except ValueError:
+            sent = 0  # PHP's intval
+        current = record.get("versionNumber")
+        if current is None or sent == current:
+            return
+        values: dict[str, Any] = {}
+        if "attachmentsIds" in data and data["attachmentsIds"] != self.case_attachment_ids(record["id"]):
+            values["attachmentsIds"] = self.case_attachment_ids(record["id"])
+        for key in ("name", "status"):
+            if key in data and data[key] != record.get(key):
+                values[key] = record.get(key)
+        if values:
+            raise _Error(409, "modified", {"values": values, "versionNumber": current})
+
+    def _check_related(self, entity: str, link: str, ids: list[Any]) -> None:
+        """LinkCheck: every id set on a link field must be an existing record."""
+        for item in ids:
+            if not isinstance(item, str) or item not in self.attachments:
+                raise _Error(
+                    403,
+                    f"Can't relate with non-existing record. entity type: {entity}, link: {link}.",
+                    {
+                        "messageTranslation": {
+                            "label": "cannotRelateNonExisting",
+                            "scope": None,
+                            "data": {"foreignEntityType": "Attachment"},
+                        }
+                    },
+                )
 
     def _replace_case_attachments(self, case_id: str, ids: list[Any]) -> None:
         wanted = [item for item in ids if isinstance(item, str) and item in self.attachments]
@@ -535,7 +595,8 @@ class EspoSimulator:
             raise _Error(403, "Only 'Post' type allowed.")
         if parent_type not in ("Case", "Contact", "Account") or parent_id not in self.records[parent_type]:
             raise _Error(403, "No access to parent.")
-        ids = [item for item in data.get("attachmentsIds") or [] if item in self.attachments]
+        ids = list(data.get("attachmentsIds") or [])
+        self._check_related("Note", "attachments", ids)
         note_id = self.new_id()
         note = {
             "id": note_id,
@@ -633,7 +694,7 @@ class EspoSimulator:
             raise _Error(400, f"File size should not exceed {max_mb:g} Mb.")
         size = data.get("size") if being_uploaded else len(payload)
         if not isinstance(size, int) or size < 0:
-            raise _Error(400, "No size.")
+            size = 0  # no size: EspoCRM stores none, and every chunk is then a "File size mismatch."
         if size > self.attachment_max_size:
             raise _Error(403, "Attachment size exceeds `attachmentUploadMaxSize`.")
         name = str(data.get("name") or "unnamed")
@@ -774,15 +835,15 @@ def _matches(row: dict[str, Any], item: Any) -> bool:
         return _text(actual) == _text(value)
     if kind == "notEquals":
         return _text(actual) != _text(value)
+    # EspoCRM turns these into SQL LIKE without escaping the value: '%' and '_' stay wildcards.
     if kind == "contains":
-        return _text(value) in _text(actual)
+        return _like(actual, f"%{_text(value)}%")
     if kind == "startsWith":
-        return _text(actual).startswith(_text(value))
+        return _like(actual, f"{_text(value)}%")
     if kind == "endsWith":
-        return _text(actual).endswith(_text(value))
+        return _like(actual, f"%{_text(value)}")
     if kind == "like":
-        pattern = "^" + ".*".join(re.escape(part) for part in _text(value).split("%")) + "$"
-        return re.match(pattern, _text(actual), re.DOTALL) is not None
+        return _like(actual, _text(value))
     if kind == "in":
         return _text(actual) in {_text(entry) for entry in _as_list(value)}
     if kind == "isNull":
@@ -790,6 +851,23 @@ def _matches(row: dict[str, Any], item: Any) -> bool:
     if kind == "isNotNull":
         return actual is not None
     raise _Error(400, f"Bad where item type {kind}.")
+
+
+def _like(actual: Any, pattern: str) -> bool:
+    """SQL LIKE as MySQL does it (case-insensitive collation): `%` any run, `_` one character,
+    a backslash makes the next character literal."""
+    regex = []
+    characters = iter(pattern)
+    for character in characters:
+        if character == "\\":
+            regex.append(re.escape(next(characters, "\\")))
+        elif character == "%":
+            regex.append(".*")
+        elif character == "_":
+            regex.append(".")
+        else:
+            regex.append(re.escape(character))
+    return re.fullmatch("".join(regex), _text(actual), re.DOTALL) is not None
 
 
 def _sort_key(value: Any) -> tuple[int, Any]:
