@@ -461,6 +461,78 @@ async def test_chunked_upload_above_the_threshold(sim: EspoSimulator, tmp_path: 
     assert not sim.attachments[entry.file_id].being_uploaded
 
 
+async def test_chunks_are_sent_while_the_source_is_still_being_read(sim: EspoSimulator, tmp_path: Path) -> None:
+    payload = random.Random(3).randbytes(8_192)
+    chunk_requests_at_each_read: list[int] = []
+
+    async def source() -> AsyncIterator[bytes]:
+        for start in range(0, len(payload), 256):
+            chunk_requests_at_each_read.append(count(sim, "POST", lambda path: path.startswith("/Attachment/chunk/")))
+            yield payload[start : start + 256]
+
+    async with backend_for(sim, tmp_path, chunk_threshold_bytes=2_000, chunk_size_bytes=1_024) as crm:
+        entry = await crm.upload_attachment("case", printer(sim), Upload("s.bin", "x/y", len(payload), source()))
+    assert bytes(sim.attachments[entry.file_id].data) == payload
+    # The last 1 KiB of the source was read only after the first seven chunks had reached the server:
+    # the backend holds one chunk, never the file.
+    assert chunk_requests_at_each_read[0] == 0 and chunk_requests_at_each_read[-1] == 7
+
+
+async def test_chunked_photo_is_checked_at_the_last_chunk_and_repaired(sim: EspoSimulator, tmp_path: Path) -> None:
+    best = record(sim, "Contact", firstName="John")
+    async with backend_for(sim, tmp_path, chunk_threshold_bytes=16, chunk_size_bytes=1_024) as crm:
+        photo = await crm.bind_photo(best, upload_of(PNG_1x1, "face.JPG", "image/jpeg"))
+    stored = sim.attachments[photo.photo_id]
+    assert (stored.name, stored.type, stored.being_uploaded) == ("face.png", "image/png", False)
+    assert count(sim, "POST", lambda path: path.startswith("/Attachment/chunk/")) == 1
+    assert sim.records["Contact"][best]["cPhotoId"] == photo.photo_id
+
+
+async def test_simulator_removes_a_chunked_image_whose_bytes_disagree(sim: EspoSimulator) -> None:
+    headers = {"X-Api-Key": API_KEY}
+    start = {
+        "name": "p.jpg",
+        "type": "image/jpeg",
+        "role": "Attachment",
+        "relatedType": "Contact",
+        "field": "cPhoto",
+        "isBeingUploaded": True,
+        "size": len(PNG_1x1),
+    }
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sim), base_url=URL) as client:
+        created = (await client.post("/api/v1/Attachment", headers=headers, json=start)).json()["id"]
+        body = b"data:image/jpeg;base64," + base64.b64encode(PNG_1x1)
+        refused = await client.post(f"/api/v1/Attachment/chunk/{created}", headers=headers, content=body)
+    assert (refused.status_code, refused.headers["X-Status-Reason"]) == (
+        403,
+        "Detected mime type does not correspond to extension.",
+    )
+    assert created not in sim.attachments
+
+
+async def test_simulator_chunks_without_a_declared_size_mismatch(sim: EspoSimulator) -> None:
+    headers = {"X-Api-Key": API_KEY}
+    start = {"name": "a.bin", "type": "x/y", "role": "Attachment", "parentType": "Case", "field": "attachments"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sim), base_url=URL) as client:
+        created = await client.post("/api/v1/Attachment", headers=headers, json={**start, "isBeingUploaded": True})
+        chunk = await client.post(
+            f"/api/v1/Attachment/chunk/{created.json()['id']}", headers=headers, content=b"data:x/y;base64,YWJj"
+        )
+        empty = await client.post(f"/api/v1/Attachment/chunk/{created.json()['id']}", headers=headers, content=b"")
+    assert created.status_code == 200
+    assert (chunk.status_code, chunk.headers["X-Status-Reason"]) == (500, "File size mismatch.")
+    assert (empty.status_code, empty.headers.get("X-Status-Reason")) == (400, None)
+
+
+async def test_failed_stream_post_deletes_the_upload(crm: EspoCrmBackend, sim: EspoSimulator) -> None:
+    before = set(sim.attachments)
+    sim.faults.append(Fault("POST", r"/Note", status=403, reason="No access to parent."))
+    with pytest.raises(PermissionDeniedError, match="No access to parent"):
+        await crm.upload_attachment("account", record(sim, "Account", name="Acme Printing"), upload_of(b"inv"))
+    assert set(sim.attachments) == before
+    assert count(sim, "DELETE", lambda path: path.startswith("/Attachment/")) == 1
+
+
 async def test_truncated_chunked_upload_leaves_nothing(sim: EspoSimulator, tmp_path: Path) -> None:
     before = set(sim.attachments)
     async with backend_for(sim, tmp_path, chunk_threshold_bytes=2_000, chunk_size_bytes=1_024) as crm:
@@ -675,6 +747,9 @@ async def test_simulator_accepts_each_auth_mode(sim: EspoSimulator) -> None:
         assert (await client.get("/api/v1/App/user?x=1", headers={"X-Hmac-Authorization": signed})).status_code == 200
         espo = base64.b64encode(f"jane:{PASSWORD}".encode()).decode()
         assert (await client.get("/api/v1/App/user", headers={"Espo-Authorization": espo})).status_code == 200
+        raw_digest = hmac.new(SECRET.encode(), b"GET /App/user", hashlib.sha256).digest()  # pre-8.4.1 clients
+        legacy = base64.b64encode(f"{API_KEY}-h:".encode() + raw_digest).decode()
+        assert (await client.get("/api/v1/App/user", headers={"X-Hmac-Authorization": legacy})).status_code == 200
         wrong = await client.get("/api/v1/Case", headers={"X-Hmac-Authorization": signed})  # signed for another path
         assert (wrong.status_code, wrong.content, wrong.headers.get("X-Status-Reason")) == (401, b"", None)
 
