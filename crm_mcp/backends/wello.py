@@ -854,29 +854,42 @@ class WelloBackend:
 
     # ----------------------------------------------------------------------------------- find
 
+    async def _rows(self, entity_set: str, filter_: str, select: str, limit: int) -> list[dict[str, Any]]:
+        """Up to `limit` matching records, page by page (Wello answers at most 20 rows at a time)."""
+        orderby = {"Contact": "last_name,first_name"}.get(entity_set, "reference")
+        rows: list[dict[str, Any]] = []
+        while len(rows) < limit:
+            top = min(limit - len(rows), PAGE_SIZE)
+            page, more = await self._query(
+                entity_set, filter_=filter_, select=select, top=top, skip=len(rows), orderby=orderby
+            )
+            rows += page
+            if not page or (len(page) < top and not more):
+                break
+        return rows[:limit]
+
     async def find_records(self, record_type: FindType, query: str, *, limit: int) -> list[Record]:
         words = query.split()
         if not words:
             raise InvalidInputError("query is empty: give a name, a job reference or words of a subject")
         if limit < 1:
             raise InvalidInputError(f"limit must be at least 1, got {limit}")
-        top = min(limit, PAGE_SIZE)
         if record_type == "case":
             text = " ".join(words).lower()
-            filter_ = f"contains(tolower(reference),{_quote(text)}) or contains(tolower(subject),{_quote(text)})"
-            rows, _ = await self._query(
-                self._case.entity_set, filter_=filter_, select="id,reference,subject", top=top, orderby="reference"
-            )
-            exact = [row for row in rows if str(row.get("reference") or "").lower() == text]
-            rows = exact + [row for row in rows if row not in exact]
+            select = "id,reference,subject"
+            # An exact reference comes first even when more than `limit` records merely contain the text.
+            exact = await self._rows(self._case.entity_set, f"tolower(reference) eq {_quote(text)}", select, limit)
+            contains = f"contains(tolower(reference),{_quote(text)}) or contains(tolower(subject),{_quote(text)})"
+            unique: dict[str, dict[str, Any]] = {}
+            for row in exact + await self._rows(self._case.entity_set, contains, select, limit):
+                unique.setdefault(str(row["id"]).lower(), row)
             return [
                 Record(
-                    id=str(row["id"]).lower(),
-                    title=" · ".join(str(row[key]) for key in ("reference", "subject") if row.get(key))
-                    or str(row["id"]),
+                    id=record_id,
+                    title=" · ".join(str(row[key]) for key in ("reference", "subject") if row.get(key)) or record_id,
                     record_type="case",
                 )
-                for row in rows[:limit]
+                for record_id, row in list(unique.items())[:limit]
             ]
         if record_type == "contact":
             filter_ = " and ".join(
@@ -884,13 +897,7 @@ class WelloBackend:
                 f"contains(tolower(last_name),{_quote(word.lower())}))"
                 for word in words
             )
-            rows, _ = await self._query(
-                _CONTACT.entity_set,
-                filter_=filter_,
-                select="id,first_name,last_name",
-                top=top,
-                orderby="last_name,first_name",
-            )
+            rows = await self._rows(_CONTACT.entity_set, filter_, "id,first_name,last_name", limit)
             return [
                 Record(
                     id=str(row["id"]).lower(),

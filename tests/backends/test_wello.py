@@ -623,6 +623,23 @@ async def test_find_records(crm: WelloBackend) -> None:
     assert len(await crm.find_records("case", "JOB", limit=1)) == 1
 
 
+async def test_find_pages_past_twenty_and_puts_an_exact_reference_first(crm: WelloBackend, sim: WelloSimulator) -> None:
+    for i in range(30):
+        sim.add("Contact", first_name=f"Anna{i:02}", last_name="Smith", email=None, company_id=None)
+        sim.add("Jobs", reference=f"A-{i:03}", subject="Boiler service after JOB-2")
+    sim.add("Jobs", id=MISSING, reference="JOB-2", subject="Zeta")  # by reference it sorts after every A-xxx
+    assert len(await crm.find_records("contact", "smith", limit=25)) == 25
+    assert len(await crm.find_records("contact", "smith", limit=100)) == 30
+    assert all(int(r.query["$top"]) <= 20 for r in sim.requests if r.path == "/api/Contact")
+    boilers = await crm.find_records("case", "boiler", limit=100)
+    assert len(boilers) == 30 and len({r.id for r in boilers}) == 30
+    # 31 jobs contain "job-2" (30 in their subject); the one whose reference is exactly JOB-2 comes first, once.
+    found = await crm.find_records("case", "JOB-2", limit=3)
+    assert found[0].id == MISSING and len({r.id for r in found}) == 3
+    many = await crm.find_records("case", "job-2", limit=100)
+    assert many[0].id == MISSING and len(many) == 31 and len({r.id for r in many}) == 31
+
+
 @pytest.mark.parametrize("query", ["O'Brien", "x') or true or contains(subject,'", "''", "a'b' and 'c"])
 async def test_find_quotes_user_text(crm: WelloBackend, sim: WelloSimulator, query: str) -> None:
     assert await crm.find_records("case", query, limit=5) == []
