@@ -320,6 +320,40 @@ async def test_two_concurrent_uploads_keep_everything(crm: EspoCrmBackend, sim: 
     assert set(sim.case_attachment_ids(printer(sim))) == {*before, *entries}
 
 
+async def test_many_concurrent_uploads_from_one_server_keep_everything(crm: EspoCrmBackend, sim: EspoSimulator) -> None:
+    """More writers than one retry can absorb: links to one case are serialised within a server."""
+    before = sim.case_attachment_ids(printer(sim))
+    entries: list[str] = []
+    sim.latency = 0.005
+
+    async def one(index: int) -> None:
+        entries.append((await crm.upload_attachment("case", printer(sim), upload_of(b"y", f"m{index}.txt"))).file_id)
+
+    async with anyio.create_task_group() as group:
+        for index in range(6):
+            group.start_soon(one, index)
+    assert sorted(sim.case_attachment_ids(printer(sim))) == sorted([*before, *entries]) and len(entries) == 6
+
+
+async def test_two_servers_uploading_to_one_case_on_91_keep_everything(tmp_path: Path) -> None:
+    """Two crm-mcp replicas share no lock; on 9.1+ X-Version-Number turns the losing write into a 409,
+    and the re-read and retry keep both files."""
+    sim = seeded_simulator((9, 1))
+    sim.latency = 0.01  # both read the case before either writes
+    case_id = printer(sim)
+    before = sim.case_attachment_ids(case_id)
+    entries: list[str] = []
+
+    async def replica(index: int) -> None:
+        async with backend_for(sim, tmp_path / str(index)) as crm:
+            entries.append((await crm.upload_attachment("case", case_id, upload_of(b"r", f"r{index}.txt"))).file_id)
+
+    async with anyio.create_task_group() as group:
+        for index in range(2):
+            group.start_soon(replica, index)
+    assert sorted(sim.case_attachment_ids(case_id)) == sorted([*before, *entries]) and len(entries) == 2
+
+
 async def test_concurrent_change_is_reread_and_retried_once(crm: EspoCrmBackend, sim: EspoSimulator) -> None:
     before = sim.case_attachment_ids(printer(sim))
     sim.concurrent_link_changes = 1  # another client's stale write lands right after ours
