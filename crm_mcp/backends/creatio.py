@@ -212,6 +212,11 @@ class _MaybeProcessed(BackendError):
     """A write failed in a way that does not tell whether Creatio applied it (5xx, timeout, lost connection)."""
 
 
+class _PhotoUnknown(BackendError):
+    """Setting `Contact.PhotoId` may or may not have happened and Creatio could not be asked: the new
+    SysImage must not be removed, or the contact could be left pointing at a missing image."""
+
+
 class _Refused(BackendError):
     """A streamed write was refused as "session expired" and its body cannot be sent again."""
 
@@ -608,8 +613,8 @@ class CreatioBackend:
         except CrmError:
             logger.warning("Creatio cleanup failed: %s", what)
             return False
-        if response.status_code in (200, 204, 404):
-            return True
+        if response.status_code in (200, 204) or (response.status_code == 404 and not _is_html(response)):
+            return True  # an OData 404 means the record is not there; an HTML 404 means a wrong address
         logger.warning("Creatio cleanup %s answered HTTP %d", what, response.status_code)
         return False
 
@@ -655,8 +660,9 @@ class CreatioBackend:
             raise InvalidInputError(
                 f"file {file_id} is a link to {entry.url or 'another place'}, not a file: it has no bytes to read"
             )
-        self._check_download(entry.name, entry.size)
-        async with self._download(f"{table}({record_id})/Data", entry.name, entry.mime_type, entry.size) as download:
+        # No limit check on the `Size` column here: clients write it and it can be wrong. The
+        # announced length (or the count while streaming) decides.
+        async with self._download(f"{table}({record_id})/Data", entry.name, entry.mime_type) as download:
             yield download
 
     def _check_download(self, name: str, size: int | None) -> None:
@@ -668,7 +674,10 @@ class CreatioBackend:
             )
 
     @asynccontextmanager
-    async def _download(self, path: str, name: str, mime: str, size: int | None) -> AsyncIterator[Download]:
+    async def _download(self, path: str, name: str, mime: str) -> AsyncIterator[Download]:
+        """Stream `path`'s bytes. The size is what the answer announces (Content-Length), never the
+        record's `Size` column: clients write that column themselves and it can be wrong, while a
+        `Download.size` must be exact (copies between records rely on it)."""
         what = f"read the bytes of {name!r}"
         response = await self._send("GET", self._odata(path), what=what, stream=True)
         try:
@@ -679,8 +688,10 @@ class CreatioBackend:
                 if response.status_code == 404 and not _is_html(response):
                     raise NotFoundError(f"the bytes of {name!r} are gone from Creatio ({path}); list the files again")
                 raise await self._error(response, what)
-            announced = response.headers.get("content-length")
-            length = int(announced) if announced and announced.isdigit() else size
+            announced = response.headers.get("content-length", "").strip()
+            encoded = response.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity")
+            # A compressed answer announces the compressed length; the bytes we hand on are decoded.
+            length = int(announced) if announced.isdigit() and not encoded else None
             self._check_download(name, length)
             yield Download(name=name, mime_type=mime, size=length, chunks=self._chunks(response, name, length))
         finally:
@@ -688,9 +699,15 @@ class CreatioBackend:
 
     async def _chunks(self, response: httpx.Response, name: str, expected: int | None) -> AsyncIterator[bytes]:
         received = 0
+        limit = self.context.max_transfer_bytes
         try:
             async for chunk in response.aiter_bytes():
                 received += len(chunk)
+                if received > limit:
+                    raise TooLargeError(
+                        f"{name!r} is larger than this server's transfer limit of {limit:,} bytes "
+                        "(limits.max_transfer_bytes)"
+                    )
                 yield chunk
         except (httpx.TransportError, OSError) as exc:
             raise BackendError(
@@ -735,7 +752,7 @@ class CreatioBackend:
                 "contact has one; bind_photo sets it)"
             )
         name = str(image.get("Name") or f"photo-{contact_id}")
-        async with self._download(f"SysImage({image['Id']})/Data", name, _image_mime(image), None) as download:
+        async with self._download(f"SysImage({image['Id']})/Data", name, _image_mime(image)) as download:
             yield download
 
     async def bind_photo(self, contact_id: str, upload: Upload) -> Photo:
@@ -755,6 +772,8 @@ class CreatioBackend:
         try:
             await self._put_bytes("SysImage", image_id, upload)
             await self._set_photo(contact_id, image_id)
+        except _PhotoUnknown:
+            raise  # the contact may point at the new image: it must stay
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 removed = await self._delete_quietly(f"SysImage({image_id})", f"remove image {image_id}")
@@ -779,7 +798,10 @@ class CreatioBackend:
             try:
                 row = await self._one("Contact", contact_id, "Id,PhotoId", f"check contact {contact_id}")
             except CrmError:
-                row = None
+                raise _PhotoUnknown(
+                    f"{exc}; whether contact {contact_id} now shows the new photo is unknown (Creatio could not be "
+                    f"asked), so the new image SysImage {image_id} was kept; check the contact's photo in Creatio"
+                ) from None
             if row is not None and str(row.get("PhotoId", "")).lower() == image_id:
                 logger.info("the PATCH of contact %s failed but was applied", contact_id)
                 return
@@ -843,17 +865,22 @@ class CreatioBackend:
             await self._write("POST", table, what, body=body, ok=(200, 201))
         except _MaybeProcessed as exc:
             exists = await self._exists(table, record_id)
-            if exists:
-                removed = await self._delete_quietly(f"{table}({record_id})", f"remove {table} {record_id}")
-                state = (
-                    "the record had been created and was removed again; nothing was stored"
-                    if removed
-                    else f"the record {table} {record_id} was created and could not be removed; delete it in Creatio"
-                )
-            elif exists is None:
-                state = f"whether the record {table} {record_id} was created is unknown; check in Creatio"
-            else:
+            if exists is False:
                 state = "no record was created; nothing was stored"
+            else:
+                # Created, or unknown: a DELETE of the id we chose is safe either way (404 = never made).
+                removed = await self._delete_quietly(f"{table}({record_id})", f"remove {table} {record_id}")
+                if removed:
+                    state = (
+                        "the record had been created and was removed again; nothing was stored"
+                        if exists
+                        else f"the record {table} {record_id} is not there (removed in case it had been created); "
+                        "nothing was stored"
+                    )
+                elif exists:
+                    state = f"the record {table} {record_id} was created and could not be removed; delete it in Creatio"
+                else:
+                    state = f"whether the record {table} {record_id} was created is unknown; check in Creatio"
             raise BackendError(f"{exc}; {state}") from None
 
     async def _put_bytes(self, table: str, record_id: str, upload: Upload) -> None:

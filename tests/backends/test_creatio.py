@@ -4,7 +4,9 @@ OAuth renewal, validation before any request, and clear errors without secrets."
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from crm_mcp.errors import (
     InvalidInputError,
     NotFoundError,
     PermissionDeniedError,
+    TooLargeError,
 )
 from tests.helpers import PNG_1x1
 from tests.simulators.creatio import (
@@ -234,7 +237,9 @@ async def test_expiry_before_the_bytes_removes_the_record(sim: CreatioSimulator,
     assert len(sim.writes("POST", "/CaseFile")) == 1
 
 
-async def test_photo_bind_survives_expiry_midway(sim: CreatioSimulator, crm: CreatioBackend) -> None:
+@pytest.mark.parametrize("style", ["html", "redirect", "401"])
+async def test_photo_bind_survives_expiry_midway(sim: CreatioSimulator, crm: CreatioBackend, style: str) -> None:
+    sim.expiry_style = style  # type: ignore[assignment]
     sim.fail("PATCH", "/Contact(", "expire")
     photo = await crm.bind_photo(JOHN_BEST, upload(PNG_1x1, "face.png", "image/png"))
     assert sim.row("Contact", JOHN_BEST)["PhotoId"] == photo.photo_id  # type: ignore[index]
@@ -246,11 +251,20 @@ async def test_photo_bind_survives_expiry_midway(sim: CreatioSimulator, crm: Cre
 
 
 async def test_case_files_are_filtered_by_the_lookup_path(sim: CreatioSimulator, crm: CreatioBackend) -> None:
-    await crm.list_case_files(PRINTER_CASE, limit=2, cursor=None)
-    listing = next(r for r in sim.requests if r.path == f"{ODATA}/CaseFile")
-    assert listing.query["$filter"] == f"Case/Id eq {PRINTER_CASE}"
-    assert "Data" not in listing.query["$select"]
-    assert listing.query["$top"] == "3"
+    first = await crm.list_case_files(PRINTER_CASE, limit=2, cursor=None)
+    assert first.next_cursor is not None
+    await crm.list_case_files(PRINTER_CASE, limit=2, cursor=first.next_cursor)
+    listings = [r for r in sim.requests if r.path == f"{ODATA}/CaseFile"]
+    assert [r.query for r in listings] == [
+        {
+            "$filter": f"Case/Id eq {PRINTER_CASE}",
+            "$select": "Id,Name,Size,CreatedOn,TypeId",  # metadata only, never the Data stream
+            "$orderby": "CreatedOn,Id",
+            "$top": "3",
+            "$skip": str(skip),
+        }
+        for skip in (0, 2)
+    ]
 
 
 @pytest.mark.parametrize(
@@ -294,6 +308,10 @@ async def test_find_escapes_quotes(sim: CreatioSimulator, crm: CreatioBackend) -
     found = await crm.find_records("contact", "o'brien", limit=5)
     assert [record.title for record in found] == ["Pat O'Brien"]
     assert await crm.find_records("contact", "x') or contains(Name,'", limit=5) == []
+    sent = [r.query["$filter"] for r in sim.requests if r.path == f"{ODATA}/Contact"]
+    assert sent[-1] == "contains(Name,'x'') or contains(Name,''')"
+    assert await crm.find_records("case", "zz') or contains(Subject,'", limit=5) == []
+    assert await crm.find_records("case", "' or Id ne null or '", limit=5) == []
     cases = await crm.find_records("case", "SR00001001", limit=5)
     assert [record.id for record in cases] == [PRINTER_CASE]
 
@@ -479,23 +497,39 @@ async def test_net_core_root(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------------- OAuth
 
 
+@pytest.mark.parametrize("announced", [True, False])
 async def test_oauth_token_is_reused_renewed_before_expiry_and_after_401(
-    sim: CreatioSimulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sim: CreatioSimulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, announced: bool
 ) -> None:
+    """The simulator's tokens really stop working after `expires_in` (3600 s when the answer leaves it
+    out, as the notes say to assume); backend and simulator share one clock."""
     now = [1000.0]
+    start = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
     monkeypatch.setattr(creatio_module, "_clock", lambda: now[0])
+    sim.clock = lambda: start + timedelta(seconds=now[0])
+    sim.token_expires_in = announced
+
+    def refused() -> list[Any]:
+        return [r for r in odata_requests(sim) if r.status == 401]
+
     async with make(sim, tmp_path, auth="oauth") as crm:
         await crm.check()
         await crm.find_records("contact", "Wilson", limit=5)
         assert sim.token_requests == 1
         assert sim.logins == 0
-        assert all("cookie" not in r.headers for r in odata_requests(sim))
-        now[0] += 3600 - 30  # inside the renewal margin
+        assert all("cookie" not in r.headers and "bpmcsrf" not in r.headers for r in odata_requests(sim))
+        assert all(r.headers["authorization"].startswith("Bearer ") for r in odata_requests(sim))
+        now[0] += 3600 - 30  # still valid at the simulator, but inside the renewal margin
         await crm.find_records("contact", "Wilson", limit=5)
         assert sim.token_requests == 2
-        sim.expire_sessions()  # the server forgets the token early
-        assert await crm.get_contact_photo(ALEXANDER_WILSON) is not None
+        now[0] += 3600 + 5  # the second token has expired at the simulator too: renewed before use
+        await crm.upload_attachment("case", PRINTER_CASE, upload(b"renewed"))
         assert sim.token_requests == 3
+        assert refused() == []  # an expired token was never sent
+        sim.expire_sessions()  # the server forgets the token early: one 401, one new token, retried
+        assert await crm.get_contact_photo(ALEXANDER_WILSON) is not None
+        assert sim.token_requests == 4
+        assert len(refused()) == 1
 
 
 async def test_oauth_bad_secret_is_clear_and_secret_free(sim: CreatioSimulator, tmp_path: Path) -> None:
@@ -528,3 +562,222 @@ async def test_over_a_socket_expiry_redirects_and_dropped_bodies(tmp_path: Path)
             with pytest.raises(BackendError, match="removed again"):
                 await crm.upload_attachment("case", PRINTER_CASE, upload(b"t" * 1000, "t.bin", OCTET))
             assert case_files(sim) == before
+
+
+# ------------------------------------------------------------------- writes with unknown outcomes
+
+
+async def test_failed_bytes_and_failed_cleanup_name_the_leftover_record(
+    sim: CreatioSimulator, crm: CreatioBackend
+) -> None:
+    sim.fail("PUT", "/CaseFile(", "500")
+    sim.fail("DELETE", "/CaseFile(", "500")
+    before = case_files(sim)
+    with pytest.raises(BackendError, match="could not be removed; delete it in Creatio") as caught:
+        await crm.upload_attachment("case", PRINTER_CASE, upload(b"left"))
+    (leftover,) = case_files(sim) - before
+    assert leftover in str(caught.value)
+    assert len(sim.writes("PUT")) == 1
+    assert len(sim.writes("DELETE")) == 1  # a failed cleanup is reported, not hammered
+
+
+async def test_a_record_creation_cut_off_is_looked_up_and_removed(sim: CreatioSimulator, crm: CreatioBackend) -> None:
+    sim.fail("POST", "/CaseFile", "drop")
+    before = case_files(sim)
+    with pytest.raises(BackendError, match="created and was removed again"):
+        await crm.upload_attachment("case", PRINTER_CASE, upload(b"a"))
+    assert case_files(sim) == before
+    (post,) = sim.writes("POST", "/CaseFile")
+    assert post.processed  # Creatio did create it: the POST was not sent again, the record was removed
+    assert sim.writes("PUT") == []
+
+
+async def test_a_creation_whose_outcome_cannot_be_checked_is_still_cleaned_up(
+    sim: CreatioSimulator, crm: CreatioBackend
+) -> None:
+    sim.fail("POST", "/CaseFile", "500-after")
+    sim.fail("GET", "/CaseFile", "500")  # the look-up that would tell fails too
+    before = case_files(sim)
+    with pytest.raises(BackendError, match="removed in case it had been created"):
+        await crm.upload_attachment("case", PRINTER_CASE, upload(b"a"))
+    assert case_files(sim) == before
+    assert len(sim.writes("POST", "/CaseFile")) == 1
+
+
+async def test_a_photo_patch_with_unknown_outcome_keeps_the_image(sim: CreatioSimulator, crm: CreatioBackend) -> None:
+    """Removing the SysImage could leave the contact pointing at nothing: keep it and say so."""
+    sim.fail("PATCH", "/Contact(", "500-after")
+    sim.fail("GET", "/Contact", "500", after=1)  # the contact check before the bind passes, the one after fails
+    images = set(sim.tables["SysImage"])
+    with pytest.raises(BackendError, match="unknown") as caught:
+        await crm.bind_photo(JOHN_BEST, upload(PNG_1x1, "face.png", "image/png"))
+    (new_image,) = set(sim.tables["SysImage"]) - images
+    assert f"SysImage {new_image} was kept" in str(caught.value)
+    assert sim.row("Contact", JOHN_BEST)["PhotoId"] == new_image  # type: ignore[index]
+    assert sim.writes("DELETE") == []
+    assert len(sim.writes("PATCH")) == 1
+
+
+async def test_a_failed_image_creation_is_not_repeated_and_leaves_nothing(
+    sim: CreatioSimulator, crm: CreatioBackend
+) -> None:
+    sim.fail("POST", "/SysImage", "500-after")
+    images = set(sim.tables["SysImage"])
+    with pytest.raises(BackendError, match="removed again"):
+        await crm.bind_photo(JOHN_BEST, upload(PNG_1x1, "face.png", "image/png"))
+    assert set(sim.tables["SysImage"]) == images
+    assert len(sim.writes("POST", "/SysImage")) == 1
+    assert sim.row("Contact", JOHN_BEST)["PhotoId"] == EMPTY  # type: ignore[index]
+
+
+# -------------------------------------------------------------------------------------- streaming
+
+
+async def _waiting_source(sim: CreatioSimulator, pieces: int, size: int) -> AsyncIterator[bytes]:
+    """Yields `pieces` chunks, but the last only once Creatio has received bytes of this PUT: a
+    backend that reads the whole upload before sending never gets there."""
+    for index in range(pieces):
+        if index == pieces - 1:
+            for _ in range(1000):  # polled: over a socket the simulator runs in another thread
+                if any(sim.received.values()):
+                    break
+                await anyio.sleep(0.005)
+            else:
+                raise AssertionError("Creatio received none of the upload before its last chunk was asked for")
+        yield bytes([65 + index]) * size
+
+
+@pytest.mark.parametrize("where", ["inprocess", "socket"])
+async def test_uploads_are_streamed_not_read_whole_first(tmp_path: Path, where: str) -> None:
+    sim = contract_simulator()
+    pieces, size = 4, 65_536
+    expected = b"".join(bytes([65 + index]) * size for index in range(pieces))
+
+    async def run(crm: CreatioBackend) -> None:
+        for kind in ("file", "photo"):
+            sim.received.clear()
+            source = Upload(
+                name="s.png" if kind == "photo" else "s.bin",
+                mime_type="image/png" if kind == "photo" else OCTET,
+                size=pieces * size,
+                chunks=_waiting_source(sim, pieces, size),
+            )
+            if kind == "file":
+                entry = await crm.upload_attachment("case", PRINTER_CASE, source)
+                assert sim.blobs[("CaseFile", entry.file_id.partition(".")[2])] == expected
+            else:
+                photo = await crm.bind_photo(JOHN_BEST, source)
+                assert sim.blobs[("SysImage", photo.photo_id)] == expected
+
+    if where == "inprocess":
+        async with make(sim, tmp_path) as crm:
+            await run(crm)
+        return
+    with serve(sim) as url:
+        settings = CreatioSettings.model_validate(
+            {"vendor": "creatio", "url": url, "username": sim.username, "password": sim.password}
+        )
+        async with CreatioBackend("crm", settings, BackendContext(home=tmp_path, max_transfer_bytes=LIMIT)) as crm:
+            await run(crm)
+
+
+async def test_downloads_are_streamed_not_read_whole_first(tmp_path: Path) -> None:
+    """The simulator holds every download after its first chunk until the test has that chunk in
+    hand (and cuts the connection after 5 s): only a streaming backend gets the first chunk early."""
+    sim = contract_simulator(chunk_size=65_536)
+    data = bytes(range(256)) * 4096  # 1 MiB
+    file_id = sim.add("CaseFile", Name="big.bin", CaseId=PRINTER_CASE, TypeId=FILE_TYPE_FILE, Size=len(data))
+    sim.blobs[("CaseFile", file_id)] = data
+    with serve(sim) as url:
+        settings = CreatioSettings.model_validate(
+            {"vendor": "creatio", "url": url, "username": sim.username, "password": sim.password}
+        )
+        async with CreatioBackend("crm", settings, BackendContext(home=tmp_path, max_transfer_bytes=LIMIT)) as crm:
+            sim.hold = threading.Event()
+            async with crm.open_file(f"CaseFile.{file_id}") as download:
+                first = await anext(download.chunks)
+                assert 0 < len(first) < len(data)
+                sim.hold.set()
+                rest = b"".join([chunk async for chunk in download.chunks])
+            assert (download.size, first + rest) == (len(data), data)
+            sim.hold = threading.Event()
+            async with crm.open_contact_photo(ALEXANDER_WILSON) as download:
+                first = await anext(download.chunks)
+                sim.hold.set()
+                rest = b"".join([chunk async for chunk in download.chunks])
+            assert first + rest == sim.blobs[("SysImage", WILSON_PHOTO)]
+
+
+async def test_the_size_column_is_not_trusted_for_a_chunked_download(sim: CreatioSimulator, tmp_path: Path) -> None:
+    """Clients write `Size` themselves; without Content-Length the bytes decide, and the limit holds."""
+    sim.announce_length = False
+    data = b"0123456789" * 10_000
+    file_id = sim.add("CaseFile", Name="wrong-size.txt", CaseId=PRINTER_CASE, TypeId=FILE_TYPE_FILE, Size=7)
+    sim.blobs[("CaseFile", file_id)] = data
+    async with make(sim, tmp_path) as crm, crm.open_file(f"CaseFile.{file_id}") as download:
+        assert download.size is None  # unknown, not the wrong 7
+        assert b"".join([chunk async for chunk in download.chunks]) == data
+    async with make(sim, tmp_path, limit=50_000) as small:
+        with pytest.raises(TooLargeError, match="transfer limit"):
+            await read(small, f"CaseFile.{file_id}")
+
+
+# ------------------------------------------------------------------------------ sessions, quirks
+
+
+async def test_each_backend_keeps_its_own_session(sim: CreatioSimulator, tmp_path: Path) -> None:
+    async with make(sim, tmp_path) as one, make(sim, tmp_path) as two:
+        await one.upload_attachment("case", PRINTER_CASE, upload(b"1"))
+        await two.upload_attachment("case", PRINTER_CASE, upload(b"2"))
+    assert sim.logins == 2
+    sessions = {r.headers["cookie"].split(".ASPXAUTH=")[1].split(";")[0] for r in odata_requests(sim)}
+    assert sessions == set(sim.sessions)
+    assert len(sessions) == 2
+    for r in odata_requests(sim):
+        auth = r.headers["cookie"].split(".ASPXAUTH=")[1].split(";")[0]
+        if r.method != "GET":
+            assert r.headers["bpmcsrf"] == sim.sessions[auth]  # each sends the CSRF token of its own session
+
+
+async def test_entity_links_are_links_too(sim: CreatioSimulator, crm: CreatioBackend) -> None:
+    link_id = sim.add(
+        "CaseFile", Name="Account: Our Company", CaseId=PRINTER_CASE, TypeId="549bc2f8-0ee0-df11-971b-001d60e938c6"
+    )
+    page = await crm.list_case_files(PRINTER_CASE, limit=50, cursor=None)
+    entry = next(entry for entry in page.files if entry.file_id == f"CaseFile.{link_id}")
+    assert (entry.kind, entry.url, entry.size) == ("link", None, None)
+    before = len(sim.requests)
+    with pytest.raises(InvalidInputError, match="no bytes"):
+        await read(crm, entry.file_id)
+    assert not any(r.path.endswith("/Data") for r in sim.requests[before:])  # no stream was asked for
+
+
+async def test_the_simulator_keeps_creatio_s_other_rules(sim: CreatioSimulator) -> None:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sim), base_url="https://creatio.test") as client:
+        form_login = await client.post(
+            "/ServiceModel/AuthService.svc/Login", data={"UserName": sim.username, "UserPassword": sim.password}
+        )
+        assert form_login.status_code == 415
+        login = await client.post(
+            "/ServiceModel/AuthService.svc/Login", json={"UserName": sim.username, "UserPassword": sim.password}
+        )
+        csrf = {"BPMCSRF": login.cookies["BPMCSRF"]}
+        bad_type = await client.post(
+            f"{ODATA}/CaseFile",
+            json={"Name": "x", "CaseId": PRINTER_CASE, "TypeId": "11111111-2222-4333-8444-555555555555"},
+            headers=csrf,
+        )
+        counted = await client.get(f"{ODATA}/CaseFile", params={"$count": "true", "$top": "1"})
+        expanded = await client.get(f"{ODATA}/Case", params={"$expand": "Contact"})
+        quoted_key = await client.get(f"{ODATA}/Contact('{JOHN_BEST}')")
+        wrong_put = await client.put(
+            f"{ODATA}/SysImage({WILSON_PHOTO})/Data", content=b"x", headers={**csrf, "Content-Type": "image/png"}
+        )
+    assert bad_type.status_code == 500
+    assert "FOREIGN KEY" in bad_type.json()["error"]["innererror"]["message"]
+    assert counted.json()["@odata.count"] == 4
+    assert len(counted.json()["value"]) == 1
+    assert expanded.status_code == 501
+    assert quoted_key.status_code == 400
+    assert wrong_put.status_code == 415
+    assert sim.blobs[("SysImage", WILSON_PHOTO)].startswith(b"\x89PNG")

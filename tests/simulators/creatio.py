@@ -6,16 +6,22 @@ documented and reported to behave, quirks included.
 - Writes (POST/PUT/PATCH/DELETE) and `$batch` need the `BPMCSRF` header matching the session (403).
 - A request without a valid session gets what Creatio's clients see: the HTML login page with 200
   (default), a 302 to the login page, or 401 (`expiry_style`). Such a request is not processed.
-- OAuth 2 client credentials at `/connect/token`; `Authorization: Bearer` then replaces cookies.
+- OAuth 2 client credentials at `/connect/token`; `Authorization: Bearer` then replaces cookies. A
+  token stops working `token_lifetime` seconds after it was issued (on `clock`): 401.
 - `$filter`: `Id eq <guid>`, `<Lookup>/Id eq <guid>`, `<col> eq 'text'`, `contains(<col>,'text')`,
   `and`/`or`/parentheses. A lookup's `<Lookup>Id` column in a filter is the type error users hit
   (`CaseId eq '<guid>'`), returned as 400 in the OData error shape. `$select/$top/$skip/$orderby`,
   at most `max_rows` (20,000) rows per answer.
-- Streams on `Data` (GET/PUT/DELETE) of the file tables and `SysImage`; `Contact.PhotoId`.
+- Streams on `Data` (GET/PUT/DELETE) of the file tables and `SysImage`; `Contact.PhotoId`. Downloads
+  go out in `chunk_size` pieces (with Content-Length, or chunked when `announce_length` is off);
+  uploads are read as they arrive (`received` shows the progress of each PUT). `TypeId` of a file
+  record must be one of the `FileType` rows (File, Link, Entity link), as Creatio's foreign key wants.
 - Unknown entity sets: the IIS HTML 404 page. Errors: `{"error": {"code", "message", "innererror"}}`.
 
 Fault switches (`fail`): 500 (before or after processing), 503 with Retry-After, a connection dropped
 mid-body, or the session expiring just before a matching request. `expire_sessions()` expires now.
+`hold` (a `threading.Event`, socket use only) pauses every download after its first chunk until it
+is set, cutting the connection if that takes over 5 s: a client that waits for a whole body first fails.
 Every request is logged in `requests` for assertions.
 """
 
@@ -33,6 +39,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import parse_qs
 
+import anyio
 import uvicorn
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
@@ -106,6 +113,9 @@ LOOKUPS = {
     "PhotoId": "SysImage",
     "TypeId": "FileType",
 }
+SCHEMAS["FileType"] = {"Id": "guid", "Name": "str"}
+FILE_TYPE_ENTITY_LINK = "549bc2f8-0ee0-df11-971b-001d60e938c6"
+FILE_TYPES = {FILE_TYPE_FILE: "File", FILE_TYPE_LINK: "Link", FILE_TYPE_ENTITY_LINK: "Link to object"}
 STREAM_SETS = {"SysImage", "CaseFile", "ContactFile", "AccountFile"}
 
 
@@ -121,16 +131,23 @@ class ODataError(Exception):
 class Fault:
     """Make matching requests fail. `kind`: "500" (refused before processing), "500-after" (processed,
     then 500), "503" (with `retry_after`), "drop" (half the response body, then the connection is cut;
-    for writes after processing), "expire" (sessions expire just before the request)."""
+    for writes after processing), "expire" (sessions expire just before the request). The first `after`
+    matching requests pass untouched; then `times` of them fail."""
 
     method: str
     path_contains: str
     kind: Literal["500", "500-after", "503", "drop", "expire"]
     times: int = 1
     retry_after: int = 1
+    after: int = 0
 
     def matches(self, method: str, path: str) -> bool:
-        return self.times > 0 and method == self.method and self.path_contains in path
+        if self.times <= 0 or method != self.method or self.path_contains not in path:
+            return False
+        if self.after > 0:
+            self.after -= 1
+            return False
+        return True
 
 
 @dataclass
@@ -154,21 +171,36 @@ class CreatioSimulator:
     expiry_style: Literal["html", "redirect", "401"] = "html"
     max_rows: int = 20_000
     max_file_size: int = 10 * 1024 * 1024
+    chunk_size: int = 65_536
+    announce_length: bool = True
+    """Send Content-Length with downloads (else chunked transfer encoding)."""
+    hold: threading.Event | None = None
+    token_expires_in: bool = True
+    """Put `expires_in` in token answers (the notes say to assume 3600 s when it is missing)."""
     tables: dict[str, dict[str, dict[str, Any]]] = field(default_factory=lambda: {name: {} for name in SCHEMAS})
     blobs: dict[tuple[str, str], bytes] = field(default_factory=dict)
     sessions: dict[str, str] = field(default_factory=dict)
     """.ASPXAUTH value → BPMCSRF value."""
-    tokens: set[str] = field(default_factory=set)
+    tokens: dict[str, datetime] = field(default_factory=dict)
+    """OAuth access token → when it stops working."""
+    received: dict[tuple[str, str], int] = field(default_factory=dict)
+    """(entity set, id) → bytes of the latest PUT of its Data received so far."""
     faults: list[Fault] = field(default_factory=list)
     requests: list[Logged] = field(default_factory=list)
     logins: int = 0
     token_requests: int = 0
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
+    def __post_init__(self) -> None:
+        for type_id, name in FILE_TYPES.items():
+            self.tables["FileType"].setdefault(type_id, {"Id": type_id, "Name": name})
+
     # ------------------------------------------------------------------------------- test API
 
-    def fail(self, method: str, path_contains: str, kind: Any, *, times: int = 1, retry_after: int = 1) -> Fault:
-        fault = Fault(method, path_contains, kind, times, retry_after)
+    def fail(
+        self, method: str, path_contains: str, kind: Any, *, times: int = 1, retry_after: int = 1, after: int = 0
+    ) -> Fault:
+        fault = Fault(method, path_contains, kind, times, retry_after, after)
         self.faults.append(fault)
         return fault
 
@@ -252,17 +284,31 @@ class CreatioSimulator:
         if fault is not None and fault.kind == "500-after":
             return _error(500, "An error has occurred.", "System.TimeoutException: The operation has timed out.")
         if fault is not None and fault.kind == "drop":
-            response.drop_after = True  # type: ignore[attr-defined]
+            if isinstance(response, _BlobResponse):
+                response.drop = True
+            else:
+                response.drop_after = True  # type: ignore[attr-defined]
         return response
 
     # --------------------------------------------------------------------------------- auth
 
     async def _login(self, request: Request) -> Response:
         self.logins += 1
+        content_type = request.headers.get("content-type", "")
+        if not content_type.lower().startswith("application/json"):
+            await _drain(request)
+            return Response(
+                f"Cannot process the message because the content type '{content_type}' was not the expected "
+                "type 'application/json; charset=utf-8'.",
+                status_code=415,
+                media_type="text/plain",
+            )
         try:
             body = json.loads(await request.body())
         except ValueError:
             return _error(400, "The request body is not valid JSON.")
+        if not isinstance(body, dict):
+            return _error(400, "The request body is not a JSON object.")
         if body.get("UserName") != self.username or body.get("UserPassword") != self.password:
             return JSONResponse(
                 {
@@ -292,13 +338,17 @@ class CreatioSimulator:
         if form.get("client_id") != self.client_id or form.get("client_secret") != self.client_secret:
             return JSONResponse({"error": "invalid_client"}, status_code=400)
         token = secrets.token_urlsafe(24)
-        self.tokens.add(token)
-        return JSONResponse({"access_token": token, "expires_in": self.token_lifetime, "token_type": "Bearer"})
+        self.tokens[token] = self.clock() + timedelta(seconds=self.token_lifetime)
+        answer: dict[str, Any] = {"access_token": token, "token_type": "Bearer"}
+        if self.token_expires_in:
+            answer["expires_in"] = self.token_lifetime
+        return JSONResponse(answer)
 
     async def _authorize(self, request: Request) -> Response | None:
         bearer = request.headers.get("authorization", "")
         if bearer.startswith("Bearer "):
-            if bearer.removeprefix("Bearer ") in self.tokens:
+            expires = self.tokens.get(bearer.removeprefix("Bearer "))
+            if expires is not None and self.clock() < expires:
                 return None
             await _drain(request)
             return Response(status_code=401, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
@@ -371,17 +421,28 @@ class CreatioSimulator:
             raise ODataError(
                 400, f"Could not find a property named '{prop}' on type 'Terrasoft.Configuration.{entity}'."
             )
+        return await self._stream(request, entity, record_id)
+
+    async def _stream(self, request: Request, entity: str, record_id: str) -> Response:
+        """GET/PUT/DELETE of a record's `Data` stream property."""
+        method = request.method
         if method == "GET":
             data = self.blobs.get((entity, record_id))
             if data is None:
                 return Response(status_code=204)
-            return Response(data, media_type="application/octet-stream")
+            return _BlobResponse(data, self.chunk_size, announce=self.announce_length, hold=self.hold)
         if method == "PUT":
             content_type = request.headers.get("content-type", "")
             if not content_type.lower().startswith("application/octet-stream"):
                 await _drain(request)
                 raise ODataError(415, f"The content type '{content_type}' is not supported for a stream property.")
-            data = await request.body()  # all or nothing: a cut body stores nothing
+            key = (entity, record_id)
+            self.received[key] = 0
+            parts: list[bytes] = []
+            async for chunk in request.stream():  # read as it arrives; a cut body stores nothing
+                parts.append(chunk)
+                self.received[key] += len(chunk)
+            data = b"".join(parts)
             if len(data) > self.max_file_size:
                 raise ODataError(
                     400,
@@ -401,6 +462,13 @@ class CreatioSimulator:
         for key in params:
             if key.startswith("$") and key not in known:
                 raise ODataError(400, f"The query parameter '{key}' is not supported.")
+        if "$expand" in params:
+            # Creatio supports it; this simulator does not model navigation data, so refuse loudly
+            # rather than answer without the expansion.
+            raise ODataError(501, "$expand is not modelled by the Creatio simulator.")
+        count = params.get("$count", "false")
+        if count not in ("true", "false"):
+            raise ODataError(400, f"Invalid value '{count}' for $count: true or false is expected.")
         columns = SCHEMAS[entity]
         rows = list(self.tables[entity].values())
         if "$filter" in params:
@@ -414,6 +482,7 @@ class CreatioSimulator:
                 rows.sort(key=lambda row, name=name: _sort_key(row.get(name)), reverse=direction.strip() == "desc")
         skip = _integer(params.get("$skip", "0"), "$skip")
         top = _integer(params["$top"], "$top") if "$top" in params else None
+        total = len(rows)
         rows = rows[skip:]
         rows = rows[: min(top, self.max_rows) if top is not None else self.max_rows]
         select = [name.strip() for name in params["$select"].split(",")] if "$select" in params else None
@@ -421,7 +490,10 @@ class CreatioSimulator:
             if name not in columns:
                 raise _no_property(name, entity)
         shown = [self._shown(entity, row, select) for row in rows]
-        return _json(200, {"@odata.context": f"$metadata#{entity}", "value": shown})
+        answer: dict[str, Any] = {"@odata.context": f"$metadata#{entity}"}
+        if count == "true":
+            answer["@odata.count"] = total
+        return _json(200, answer | {"value": shown})
 
     def _shown(self, entity: str, row: dict[str, Any], select: list[str] | None = None) -> dict[str, Any]:
         if select is not None:
@@ -725,6 +797,39 @@ async def _json_body(request: Request) -> Any:
         return json.loads(raw)
     except ValueError:
         raise ODataError(400, "The request body is not valid JSON.") from None
+
+
+class _BlobResponse(Response):
+    """A stream property's bytes, sent in pieces the way a real server streams them."""
+
+    def __init__(self, data: bytes, chunk_size: int, *, announce: bool, hold: threading.Event | None) -> None:
+        super().__init__(status_code=200, media_type="application/octet-stream")
+        self.data = data
+        self.chunk_size = max(1, chunk_size)
+        self.announce = announce
+        self.hold = hold
+        self.drop = False
+        """Cut the connection after half the bytes (the "drop" fault)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(b"content-type", b"application/octet-stream")]
+        if self.announce or self.drop:
+            headers.append((b"content-length", str(len(self.data)).encode()))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        sent = 0
+        for start in range(0, len(self.data), self.chunk_size):
+            piece = self.data[start : start + self.chunk_size]
+            if self.drop and sent + len(piece) > len(self.data) // 2:
+                piece = piece[: max(0, len(self.data) // 2 - sent)]
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+                raise ConnectionResetError("simulated connection drop")
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+            sent += len(piece)
+            if start == 0 and self.hold is not None:
+                released = await anyio.to_thread.run_sync(self.hold.wait, 5.0)
+                if not released:
+                    raise ConnectionResetError("the client did not read the first chunk within 5 s")
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _send_then_drop(response: Response, send: Send) -> None:
