@@ -143,7 +143,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
     )
     if token:
         app = BearerTokenMiddleware(app, token)
-    logger.warning("crm-mcp %s listening on http://%s:%d%s", __version__, args.host, args.port, args.path)
+    logger.warning("crm-mcp %s starting on http://%s:%d%s", __version__, args.host, args.port, args.path)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
 
 

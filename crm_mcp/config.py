@@ -187,13 +187,16 @@ def _validate(model: type[_M], data: Mapping[str, Any], where: str, section: str
         return model.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        key = ".".join(str(part) for part in err["loc"]) or "(table)"
+        key = ".".join(str(part) for part in err["loc"])
+        place = f"{section} {key}" if key else section  # no key: a rule about the table as a whole
         if err["type"] == "extra_forbidden":
             allowed = ", ".join(sorted(model.model_fields))
-            raise ConfigError(f"{where}: {section} {key}: unknown key (allowed: {allowed})") from None
+            raise ConfigError(f"{where}: {place}: unknown key (allowed: {allowed})") from None
         if err["type"] == "missing":
-            raise ConfigError(f"{where}: {section} {key}: missing required key") from None
-        raise ConfigError(f"{where}: {section} {key}: {err['msg']}") from None
+            raise ConfigError(f"{where}: {place}: missing required key") from None
+        # A validator's own message is written for the reader; pydantic's "Value error, " prefix is noise.
+        message = str(err["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"{where}: {place}: {message}") from None
 
 
 def _roots(value: Any, path: Path | None, cwd: Path, where: str) -> tuple[Path, ...]:

@@ -52,9 +52,16 @@ class CrmServer(MCPServer[CrmApp]):
         try:
             return await super().call_tool(name, arguments, context)
         except UnexpectedToolError as exc:
-            if isinstance(exc.__cause__, CrmError):
-                raise ToolError(str(exc.__cause__)) from exc.__cause__
-            raise
+            cause = exc.__cause__
+            if isinstance(cause, CrmError):
+                raise ToolError(str(cause)) from cause
+            # A bug or an answer nobody foresaw. The SDK would say only "Error executing tool"; the
+            # exception's own text may carry URLs or payloads, so name its type and point at the log.
+            logger.error("tool %s failed unexpectedly", name, exc_info=cause)
+            raise ToolError(
+                f"{name} failed with an unexpected error ({type(cause).__name__}). Try once more; if it fails "
+                "again, report it to the server's administrator (the details are in the server log on stderr)."
+            ) from cause
         except ToolError as exc:
             if isinstance(exc.__cause__, ValidationError):
                 raise ToolError(_describe_validation(name, exc.__cause__)) from exc.__cause__

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import inspect
 import os
 import tempfile
 from pathlib import Path
@@ -474,4 +475,5 @@ _TOOLS: tuple[tuple[Any, str, ToolAnnotations], ...] = (
 def register_tools(server: MCPServer[Any]) -> None:
     """Add the eight tools with their titles and annotations."""
     for fn, title, hints in _TOOLS:
-        server.add_tool(fn, title=title, annotations=hints)
+        # cleandoc: the docstring's indentation would otherwise reach the model as stray spaces.
+        server.add_tool(fn, title=title, description=inspect.cleandoc(fn.__doc__ or ""), annotations=hints)

@@ -154,3 +154,46 @@ def test_missing_root_is_an_error(tmp_path: Path) -> None:
     path = write(tmp_path, '[files]\nroots = ["missing"]\n')
     with pytest.raises(ConfigError, match=r"\[files\] roots: 'missing' is not an existing folder"):
         load_settings(str(path), env={}, cwd=tmp_path)
+
+
+def test_vendor_missing_required_key_names_file_backend_and_key(tmp_path: Path) -> None:
+    path = write(tmp_path, '[backends.crm]\nvendor = "creatio"\nusername = "u"\npassword = "p"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(str(path), env={}, cwd=tmp_path)
+    assert str(caught.value) == f"{path}: [backends.crm] url: missing required key"
+
+
+def test_bad_url_names_file_backend_and_key_without_pydantic_noise(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, '[backends.crm]\nvendor = "creatio"\nurl = "crm.example.com"\nusername = "u"\npassword = "p"\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_settings(str(path), env={}, cwd=tmp_path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: [backends.crm] url: must be an http:// or https:// URL")
+    assert "Value error" not in message
+
+
+def test_a_rule_about_the_whole_table_names_the_table(tmp_path: Path) -> None:
+    path = write(tmp_path, '[backends.espo]\nvendor = "espocrm"\nurl = "https://crm.example.com"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(str(path), env={}, cwd=tmp_path)
+    assert str(caught.value).startswith(f"{path}: [backends.espo]: no credentials")
+
+
+def test_secret_from_the_environment_reaches_the_backend_settings(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[backends.crm]\nvendor = "creatio"\nurl = "https://crm.example.com"\n'
+        'username = "Supervisor"\npassword = "${CREATIO_PASSWORD}"\n',
+    )
+    settings = load_settings(str(path), env={"CREATIO_PASSWORD": "pa$$word"}, cwd=tmp_path)
+    password = settings.backends["crm"].password  # type: ignore[attr-defined]
+    assert getattr(password, "get_secret_value", lambda: password)() == "pa$$word"
+
+
+def test_empty_backends_table_gives_the_local_backend(tmp_path: Path) -> None:
+    path = write(tmp_path, "[backends]\n")
+    settings = load_settings(str(path), env={"CRM_MCP_HOME": str(tmp_path / "h")}, cwd=tmp_path)
+    assert list(settings.backends) == ["local"]
+    assert settings.default_backend == "local"

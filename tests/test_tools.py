@@ -537,3 +537,143 @@ async def test_misspelt_argument_is_refused_with_the_known_ones(client: Client) 
     message = await error(client, "list_case_files", case_id=MISSING_GUID, limt=5)
     assert "unknown argument(s) limt" in message
     assert "limit" in message
+
+
+# ---------------------------------------------------------------------- every bad input, every tool
+
+PNG_B64 = base64.b64encode(PNG_1x1).decode()
+CASE = demo.CASE_PRINTER_ON_FIRE
+JOHN = demo.CONTACT_JOHN_BEST
+A_FILE = f"crm://local/files/{MISSING_GUID}"
+ALEX_PHOTO = f"crm://local/contacts/{demo.CONTACT_ALEXANDER_WILSON}/photo"
+
+BAD_INPUTS: list[tuple[str, dict[str, object], str]] = [
+    # list_case_files
+    ("list_case_files", {"case_id": ""}, "is not a valid id"),
+    ("list_case_files", {"case_id": CASE, "cursor": "eyJub3QiOiJvdXJzIn0"}, "cursor is not one this backend issued"),
+    # get_contact_photo
+    ("get_contact_photo", {"contact_id": "John Best"}, "is not a valid id"),
+    ("get_contact_photo", {}, "contact_id: required argument is missing"),
+    # upload_attachment
+    ("upload_attachment", {"record_id": "CS-1001", "file_name": "a.txt", "content_text": "x"}, "is not a valid id"),
+    ("upload_attachment", {"record_id": CASE, "content_text": "x"}, "file_name: required argument is missing"),
+    ("upload_attachment", {"record_id": CASE, "file_name": "../a.txt", "content_text": "x"}, "plain file name"),
+    ("upload_attachment", {"record_id": CASE, "file_name": "a", "content_text": "x", "mime_type": "pdf"}, "not a MIME"),
+    ("upload_attachment", {"record_id": CASE, "file_name": "a.bin", "content_base64": "***"}, "not valid base64"),
+    ("upload_attachment", {"record_id": CASE, "file_name": "a.txt", "path": "no-such.txt"}, "no file at"),
+    ("upload_attachment", {"record_id": CASE, "file_name": "a", "url": "ftp://example.com/a"}, "only http and https"),
+    ("upload_attachment", {"record_id": CASE, "file_name": "a", "url": "http://127.0.0.1:9/a"}, "loopback"),
+    ("upload_attachment", {"record_id": CASE, "file_name": "a", "url": "not a url"}, "url"),
+    ("upload_attachment", {"record_id": CASE, "file_name": "a", "resource_uri": "https://x/y"}, "not a file URI"),
+    ("upload_attachment", {"record_id": CASE, "file_name": "a", "resource_uri": A_FILE}, "not found"),
+    # bind_photo
+    ("bind_photo", {"contact_id": JOHN}, "exactly one source"),
+    ("bind_photo", {"contact_id": JOHN, "path": "a.png", "content_base64": PNG_B64}, "exactly one source"),
+    ("bind_photo", {"contact_id": "john", "content_base64": PNG_B64}, "is not a valid id"),
+    ("bind_photo", {"contact_id": MISSING_GUID, "content_base64": PNG_B64}, "not found"),
+    ("bind_photo", {"contact_id": JOHN, "content_base64": PNG_B64, "mime_type": "image"}, "not a MIME"),
+    # find_records
+    ("find_records", {"record_type": "account", "query": "Northwind"}, "record_type:"),
+    ("find_records", {"record_type": "contact", "query": ""}, "query:"),
+    ("find_records", {"record_type": "contact", "query": "x" * 201}, "query:"),
+    ("find_records", {"record_type": "contact", "query": "a", "limit": 0}, "limit:"),
+    ("find_records", {"record_type": "contact", "query": "a", "limit": 101}, "limit:"),
+    # read_file
+    ("read_file", {"resource_uri": A_FILE}, "not found"),
+    ("read_file", {"resource_uri": "crm://local/files/../../etc/passwd"}, "not a file URI"),
+    ("read_file", {}, "resource_uri: required argument is missing"),
+    # save_file
+    ("save_file", {"resource_uri": "crm://backends", "path": "x.json"}, "not a file URI"),
+    ("save_file", {"resource_uri": ALEX_PHOTO, "path": "no/such/folder/x.png"}, "does not exist"),
+    ("save_file", {"resource_uri": ALEX_PHOTO, "path": "/etc/x.png"}, "outside the folders"),
+    ("save_file", {"resource_uri": A_FILE}, "path: required argument is missing"),
+    # list_backends
+    ("list_backends", {"verbose": True}, "unknown argument(s) verbose"),
+]
+
+
+@pytest.mark.parametrize(
+    ("tool", "arguments", "expected"), BAD_INPUTS, ids=[f"{t}-{i}" for i, (t, *_) in enumerate(BAD_INPUTS)]
+)
+async def test_bad_input_is_a_tool_error_that_says_what_is_wrong(
+    client: Client, tool: str, arguments: dict[str, object], expected: str
+) -> None:
+    message = await error(client, tool, **arguments)
+    assert expected in message
+    assert "Traceback" not in message
+
+
+async def test_an_unexpected_failure_is_a_tool_error_that_leaks_nothing(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crm_mcp.backends.local import LocalBackend
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("internal detail password=hunter2")
+
+    monkeypatch.setattr(LocalBackend, "find_records", broken)
+    message = await error(client, "find_records", record_type="case", query="printer")
+    assert "find_records failed with an unexpected error (RuntimeError)" in message
+    assert "server log" in message
+    assert "hunter2" not in message
+
+
+# ------------------------------------------------- every result: schema-valid, text complete on its own
+
+# Fields a text-only client needs (DESIGN §3: names, ids, sizes, MIME types and resource URIs).
+_SHOWN_KEYS = {
+    "backend", "case_id", "contact_id", "record_id", "record_type", "file_id", "photo_id", "id", "name", "title",
+    "mime_type", "size", "resource_uri", "next_cursor", "path", "sha256", "vendor", "default_backend",
+}  # fmt: skip
+
+
+def _shown_values(value: object, key: str = "") -> list[str]:
+    if isinstance(value, dict):
+        return [text for child_key, child in value.items() for text in _shown_values(child, child_key)]
+    if isinstance(value, list):
+        return [text for child in value for text in _shown_values(child, key)]
+    if key not in _SHOWN_KEYS or value is None:
+        return []
+    return [f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)]
+
+
+async def test_every_tool_result_matches_its_schema_and_its_text_is_complete(client: Client, files_root: Path) -> None:
+    import jsonschema
+
+    schemas = {tool.name: tool.output_schema for tool in (await client.list_tools()).tools}
+    uploaded = await ok(client, "upload_attachment", record_id=CASE, file_name="n.txt", content_text="note")
+    png = await ok(client, "upload_attachment", record_id=CASE, file_name="p.png", content_base64=PNG_B64)
+    calls: list[tuple[str, dict[str, object]]] = [
+        ("list_case_files", {"case_id": CASE, "limit": 2}),
+        ("get_contact_photo", {"contact_id": demo.CONTACT_ALEXANDER_WILSON}),
+        ("get_contact_photo", {"contact_id": JOHN}),
+        ("upload_attachment", {"record_id": JOHN, "record_type": "contact", "file_name": "x.txt", "content_text": "x"}),
+        ("bind_photo", {"contact_id": demo.CONTACT_MARIA_GARCIA, "content_base64": PNG_B64}),
+        ("find_records", {"record_type": "contact", "query": "a"}),
+        ("find_records", {"record_type": "case", "query": "CS-1001"}),
+        ("read_file", {"resource_uri": uploaded["resource_uri"]}),
+        ("read_file", {"resource_uri": png["resource_uri"]}),
+        ("save_file", {"resource_uri": png["resource_uri"], "path": "saved.png"}),
+        ("list_backends", {}),
+    ]
+    for tool, arguments in calls:
+        result = await call(client, tool, **arguments)
+        assert not result.is_error, text_of(result)
+        jsonschema.validate(result.structured_content, schemas[tool])
+        text = text_of(result)
+        missing = [value for value in _shown_values(result.structured_content) if value not in text]
+        assert missing == [], f"{tool}: the text block lacks {missing}:\n{text}"
+
+
+async def test_resource_links_carry_each_files_type_and_size(client: Client) -> None:
+    result = await call(client, "list_case_files", case_id=CASE)
+    links = {block.uri: block for block in result.content if block.type == "resource_link"}
+    for file in result.structured_content["files"]:
+        link = links[file["resource_uri"]]
+        assert (link.name, link.mime_type, link.size) == (file["name"], file["mime_type"], file["size"])
+
+
+async def test_tool_descriptions_have_no_docstring_indentation(client: Client) -> None:
+    for tool in (await client.list_tools()).tools:
+        assert tool.description
+        assert "\n    " not in tool.description, tool.name
