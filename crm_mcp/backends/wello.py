@@ -29,6 +29,7 @@ import base64
 import binascii
 import json
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing, asynccontextmanager, suppress
@@ -288,6 +289,26 @@ async def _close_stream(chunks: AsyncIterator[bytes]) -> None:
 # --------------------------------------------------------------------------- streaming base64 in JSON
 
 
+_ESCAPE = re.compile(rb"\\(?:u([0-9A-Fa-f]{4})|(.))", re.DOTALL)
+_BASE64_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+
+
+def _unescape(match: re.Match[bytes]) -> bytes:
+    r"""One JSON escape inside base64 text: `\/` and `\u00XX` of a base64 character are that character;
+    escaped line breaks (MIME-style base64) are dropped; anything else cannot be base64."""
+    if match[1] is not None:
+        code = int(match[1], 16)
+        if code in _BASE64_CHARS:
+            return bytes([code])
+        if code in (0x0A, 0x0D):
+            return b""
+    elif match[2] == b"/":
+        return b"/"
+    elif match[2] in (b"n", b"r"):
+        return b""
+    raise BackendError("Wello sent a file_content with an unexpected escape sequence")
+
+
 class ContentScanner:
     """Finds the top-level `"file_content"` string of a JSON object fed in pieces and decodes its base64
     as it arrives. Everything else in the object is skipped without being kept."""
@@ -373,14 +394,12 @@ class ContentScanner:
         end = data.find(b'"')
         text = data if end < 0 else data[:end]
         if end < 0:
-            trailing = len(text) - len(text.rstrip(b"\\"))
-            if trailing % 2:
-                self._carry, text = text[-1:], text[:-1]
+            # An escape cut by the piece boundary waits for the rest (`\/` is 2 bytes, `\u002F` is 6).
+            start = text.rfind(b"\\", max(0, len(text) - 5))
+            if start >= 0 and len(text) - start < (6 if text[start + 1 : start + 2] == b"u" else 2):
+                self._carry, text = text[start:], text[:start]
         if b"\\" in text:
-            # JSON may escape '/' as '\/'; line breaks of MIME-style base64 are dropped.
-            text = text.replace(b"\\/", b"/").replace(b"\\n", b"").replace(b"\\r", b"")
-            if b"\\" in text:
-                raise BackendError("Wello sent a file_content with an unexpected escape sequence")
+            text = _ESCAPE.sub(_unescape, text)
         self._b64 += text
         usable = len(self._b64) - len(self._b64) % 4
         if end >= 0:

@@ -339,6 +339,31 @@ def test_content_scanner_finds_the_top_level_value_in_any_pieces(piece: int) -> 
     assert scanner.done
 
 
+@pytest.mark.parametrize("piece", [1, 2, 5, 6, 7, 4096])
+def test_content_scanner_undoes_any_json_escape_of_base64(piece: int) -> None:
+    """JSON may write any character as `\\u00XX` (some serializers do so for '+' or '/'), and MIME-style
+    base64 may carry escaped line breaks; escapes cut by a piece boundary are completed by the next piece."""
+    data = random.Random(piece).randbytes(999)
+    encoded = base64.b64encode(data).decode()
+    escaped = "".join(
+        f"\\u{ord(char):04X}" if i % 3 == 0 else ("\\/" if char == "/" else char) for i, char in enumerate(encoded)
+    )
+    escaped = escaped[:40] + "\\r\\n" + escaped[40:80] + "\\u000a" + escaped[80:]
+    body = ('{"id": "x", "file_content": "' + escaped + '"}').encode()
+    scanner = ContentScanner()
+    out = b"".join(scanner.feed(body[i : i + piece]) for i in range(0, len(body), piece))
+    assert out == data
+    assert scanner.done
+
+
+@pytest.mark.parametrize("bad", ['"QUJD\\u0041\\"', '"QUJD\\t"', '"QU\\u0000JD"', '"QUJ\\u00"'])
+def test_content_scanner_refuses_escapes_that_are_not_base64(bad: str) -> None:
+    body = ('{"file_content": ' + bad + "}").encode()
+    scanner = ContentScanner()
+    with pytest.raises(BackendError, match=r"escape|base64"):
+        b"".join(scanner.feed(body[i : i + 1]) for i in range(len(body)))
+
+
 def test_content_scanner_handles_null_and_refuses_garbage() -> None:
     scanner = ContentScanner()
     assert scanner.feed(b'{"id": 1, "file_content": null}') == b""
