@@ -626,6 +626,14 @@ async def test_bind_photo_adds_a_new_image_and_keeps_the_old_one(crm: WelloBacke
         assert download.mime_type == "image/png"
     old = sim.tables["DbFile"][simulator.FILE_ALEXANDER_PHOTO]
     assert old["is_archived"] is False  # not archived: archiving flushes the content
+    assert sim.contents[simulator.FILE_ALEXANDER_PHOTO]  # the earlier photo keeps its bytes, as a contact file
+    assert not any(r.method in ("PUT", "DELETE") for r in sim.requests)
+    new = sim.tables["DbFile"][photo.photo_id]
+    assert (new["db_table_name"], new["id_in_table"], new["mime_type"]) == (
+        "contact",
+        simulator.CONTACT_ALEXANDER,
+        "image/png",
+    )
     second = await crm.bind_photo(simulator.CONTACT_ALEXANDER, upload(PNG, "face.png", "image/png"))
     assert (await crm.get_contact_photo(simulator.CONTACT_ALEXANDER)) == second != photo
 
