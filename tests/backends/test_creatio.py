@@ -3,6 +3,7 @@ OAuth renewal, validation before any request, and clear errors without secrets."
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -13,9 +14,10 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from mcp import Client
 
+from crm_mcp.backends import _demo, vendor_class
 from crm_mcp.backends import creatio as creatio_module
-from crm_mcp.backends import vendor_class
 from crm_mcp.backends.base import BackendContext, Upload
 from crm_mcp.backends.creatio import FILE_TYPE_FILE, CreatioBackend, CreatioSettings
 from crm_mcp.config import load_settings
@@ -28,7 +30,8 @@ from crm_mcp.errors import (
     PermissionDeniedError,
     TooLargeError,
 )
-from tests.helpers import PNG_1x1
+from crm_mcp.server import build_server
+from tests.helpers import PNG_1x1, find_one, ok, read_bytes, text_of
 from tests.simulators.creatio import (
     ALEXANDER_WILSON,
     EMPTY,
@@ -227,14 +230,20 @@ async def test_a_write_refused_as_expired_is_sent_once_more_and_not_duplicated(
     assert await read(crm, entry.file_id) == b"once"
 
 
-async def test_expiry_before_the_bytes_removes_the_record(sim: CreatioSimulator, crm: CreatioBackend) -> None:
+@pytest.mark.parametrize("style", ["html", "redirect", "401"])
+async def test_expiry_before_the_bytes_removes_the_record(
+    sim: CreatioSimulator, crm: CreatioBackend, style: str
+) -> None:
     """A streamed body cannot be sent twice: the record is removed and the error says so."""
+    sim.expiry_style = style  # type: ignore[assignment]
     sim.fail("PUT", "/Data", "expire")
     before = case_files(sim)
     with pytest.raises(BackendError, match="removed"):
         await crm.upload_attachment("case", PRINTER_CASE, upload(b"x" * 1000))
     assert case_files(sim) == before
     assert len(sim.writes("POST", "/CaseFile")) == 1
+    assert [put.processed for put in sim.writes("PUT")] == [False]
+    assert sim.logins == 2
 
 
 @pytest.mark.parametrize("style", ["html", "redirect", "401"])
@@ -781,3 +790,66 @@ async def test_the_simulator_keeps_creatio_s_other_rules(sim: CreatioSimulator) 
     assert quoted_key.status_code == 400
     assert wrong_put.status_code == 415
     assert sim.blobs[("SysImage", WILSON_PHOTO)].startswith(b"\x89PNG")
+
+
+# -------------------------------------------------------------- the seed scenarios, through MCP
+
+
+async def test_the_four_documented_scenarios_work_through_the_mcp_tools(tmp_path: Path) -> None:
+    """Creatio's stream examples (read, add and change a contact photo) and the community thread's
+    "files of a case", each through the tools, with the requests the documentation shows."""
+    sim = contract_simulator()
+    config = tmp_path / "crm-mcp.toml"
+    config.write_text(
+        f'[backends.creatio]\nvendor = "creatio"\nurl = "https://creatio.test"\n'
+        f'username = "{sim.username}"\npassword = "{sim.password}"\n',
+        encoding="utf-8",
+    )
+    settings = load_settings(str(config), env={"CRM_MCP_HOME": str(tmp_path / "home")}, cwd=tmp_path)
+    new_face = _demo.avatar_png()
+    assert new_face != PNG_1x1
+    async with Client(build_server(settings, transport=httpx.ASGITransport(app=sim))) as client:
+        # 1. Read a contact photo: Contact.PhotoId, then GET SysImage(<PhotoId>)/Data.
+        wilson = await find_one(client, "contact", "Alexander Wilson")
+        photo = (await ok(client, "get_contact_photo", contact_id=wilson))["photo"]
+        assert photo["photo_id"] == WILSON_PHOTO
+        assert await read_bytes(client, photo["resource_uri"]) == (sim.blobs[("SysImage", WILSON_PHOTO)], "image/png")
+        assert any(r.method == "GET" and r.path == f"{ODATA}/SysImage({WILSON_PHOTO})/Data" for r in sim.requests)
+
+        # 2. Add a contact photo: POST SysImage, PUT SysImage(id)/Data, PATCH Contact(id) {PhotoId}.
+        john = await find_one(client, "contact", "John Best")
+        sim.requests.clear()
+        added = (await ok(client, "bind_photo", contact_id=john, content_base64=base64.b64encode(PNG_1x1).decode()))[
+            "photo"
+        ]
+        image = added["photo_id"]
+        steps = [(w.method, w.path.removeprefix(ODATA)) for w in sim.writes()]
+        assert steps == [("POST", "/SysImage"), ("PUT", f"/SysImage({image})/Data"), ("PATCH", f"/Contact({john})")]
+        assert all(w.headers["bpmcsrf"] == next(iter(sim.sessions.values())) for w in sim.writes())
+        assert sim.row("SysImage", image)["MimeType"] == "image/png"  # type: ignore[index]
+        assert sim.row("Contact", john)["PhotoId"] == image  # type: ignore[index]
+        assert await read_bytes(client, added["resource_uri"]) == (PNG_1x1, "image/png")
+
+        # 3. Change it: the contact shows the new bytes; the old image is left as it was.
+        changed = (await ok(client, "bind_photo", contact_id=john, content_base64=base64.b64encode(new_face).decode()))[
+            "photo"
+        ]
+        assert changed["photo_id"] != image
+        assert (await ok(client, "get_contact_photo", contact_id=john))["photo"]["photo_id"] == changed["photo_id"]
+        assert (await read_bytes(client, changed["resource_uri"]))[0] == new_face
+        assert sim.blobs[("SysImage", image)] == PNG_1x1
+
+        # 4. List a case's files: CaseFile?$filter=Case/Id eq <guid>; the link is shown as a link.
+        case = await find_one(client, "case", "Printer on fire")
+        result = await client.call_tool("list_case_files", {"case_id": case})
+        assert not result.is_error
+        files = result.structured_content["files"]  # type: ignore[index]
+        assert {f["file_id"] for f in files if f["kind"] == "file"} == set(PRINTER_FILES)
+        (link,) = [f for f in files if f["kind"] == "link"]
+        assert (link["url"], link["resource_uri"]) == ("https://support.example.com/kb/printer-fire", None)
+        assert len([block for block in result.content if block.type == "resource_link"]) == len(PRINTER_FILES)
+        assert "https://support.example.com/kb/printer-fire" in text_of(result)
+        for f in files:
+            if f["kind"] == "file":
+                data, _ = await read_bytes(client, f["resource_uri"])
+                assert data == sim.blobs[("CaseFile", f["file_id"].partition(".")[2])]

@@ -1,4 +1,5 @@
-"""The contract suite against the Creatio backend over the simulator: in-process and over a socket."""
+"""The contract suite against the Creatio backend over the simulator: in-process (forms and OAuth) and
+over a socket."""
 
 from __future__ import annotations
 
@@ -30,6 +31,18 @@ async def _inprocess(scratch: Path) -> AsyncIterator[Started]:
 
 
 @asynccontextmanager
+async def _oauth(scratch: Path) -> AsyncIterator[Started]:
+    """OAuth client credentials, with expiry answered as a bare 401 (as Creatio does for a bearer token)."""
+    sim = contract_simulator(expiry_style="401")
+    toml = (
+        '[backends.creatio]\nvendor = "creatio"\nurl = "https://creatio.test"\nauth = "oauth"\n'
+        'token_url = "https://creatio-is.test/connect/token"\n'
+        f'client_id = "{sim.client_id}"\nclient_secret = "{sim.client_secret}"\n'
+    )
+    yield Started(toml, httpx.ASGITransport(app=sim))
+
+
+@asynccontextmanager
 async def _socket(scratch: Path) -> AsyncIterator[Started]:
     sim = contract_simulator(expiry_style="redirect")
     with serve(sim) as url:
@@ -43,6 +56,13 @@ HARNESSES = [
         missing_id=MISSING,
         malformed_id="CS-1001",
         label="creatio-inprocess",
+    ),
+    Harness(
+        backend="creatio",
+        start=_oauth,
+        missing_id=MISSING,
+        malformed_id="CS-1001",
+        label="creatio-oauth",
     ),
     Harness(
         backend="creatio",
