@@ -90,6 +90,9 @@ _ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_-]{0,35}$")
 """EspoCRM ids: 17 hex-like characters by default, or UUIDs when the instance is set up for them."""
 _FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,99}$")
 _MAX_RETRY_AFTER = 10.0
+_MAX_NAME = 255
+_MAX_TYPE = 100
+"""Attachment's `name` and `type` are varchar(255) and varchar(100); longer is a 400 validationFailure."""
 _STREAM_RECHECK_SECONDS = 900.0
 """How long a server that lacked `streamAttachments` is believed to lack it (it may be upgraded)."""
 _monotonic = time.monotonic
@@ -420,7 +423,7 @@ class EspoCrmBackend:
         status = response.status_code
         reason = " ".join(response.headers.get("X-Status-Reason", "").split())[:300]
         detail = _body_detail(response)
-        said = "; ".join(part for part in (reason, detail) if part)
+        said = detail if reason and detail.startswith(reason) else "; ".join(part for part in (reason, detail) if part)
         where = f"EspoCRM backend '{self.name}'"
         if status == 401:
             return AuthenticationError(
@@ -783,6 +786,7 @@ class EspoCrmBackend:
 
     async def _post_attachment(self, upload: Upload, target: dict[str, str]) -> dict[str, Any]:
         """Step 1: `POST Attachment`; returns the new attachment's attributes (with a checked id)."""
+        upload = Upload(_fit_name(upload.name), _declared_type(upload.mime_type), upload.size, upload.chunks)
         if upload.size > self.settings.chunk_threshold_bytes:
             return await self._post_chunked(upload, target)
         meta = {"name": upload.name, "type": upload.mime_type, "role": "Attachment", **target}
@@ -965,6 +969,25 @@ class EspoCrmBackend:
 
 
 # ---------------------------------------------------------------------------------- free functions
+
+
+def _fit_name(name: str) -> str:
+    """`name` within Attachment's varchar(255) (longer is a validation failure), extension kept:
+    `very-long…name.pdf`. The server's answer carries the stored name back to the caller."""
+    if len(name) <= _MAX_NAME:
+        return name
+    stem, dot, extension = name.rpartition(".")
+    if not dot or not stem or len(extension) > 16:
+        return name[: _MAX_NAME - 1] + "…"
+    return stem[: _MAX_NAME - len(extension) - 2] + "…." + extension
+
+
+def _declared_type(mime: str) -> str:
+    """`mime` within Attachment's `type` varchar(100): parameters dropped first if it is too long."""
+    if len(mime) <= _MAX_TYPE:
+        return mime
+    essence = _essence(mime)
+    return essence if 0 < len(essence) <= _MAX_TYPE else "application/octet-stream"
 
 
 def _like_literal(text: str) -> str:

@@ -36,6 +36,7 @@ from tests.simulators.espocrm import (
     SECRET,
     EspoSimulator,
     Fault,
+    Hold,
     SimUser,
     hmac_signature,
     seeded_simulator,
@@ -462,6 +463,51 @@ async def test_failed_link_deletes_the_upload(crm: EspoCrmBackend, sim: EspoSimu
         await crm.upload_attachment("case", printer(sim), upload_of(b"orphan?", "o.txt", "text/plain"))
     assert set(sim.attachments) == before
     assert count(sim, "DELETE", lambda path: path.startswith("/Attachment/")) == 1
+
+
+async def test_cancelled_link_leaves_no_orphan(crm: EspoCrmBackend, sim: EspoSimulator) -> None:
+    """A client that cancels the tool call while the file is being linked: the upload is removed anyway."""
+    before = set(sim.attachments)
+    sim.latency = 0.001  # every call really waits, so an unshielded clean-up would be cancelled too
+    hold = Hold("PUT", r"/Case/\w+")
+    sim.holds.append(hold)
+    async with anyio.create_task_group() as group:
+        group.start_soon(crm.upload_attachment, "case", printer(sim), upload_of(b"late", "late.txt", "text/plain"))
+        await hold.reached.wait()
+        group.cancel_scope.cancel()
+    assert set(sim.attachments) == before
+    assert count(sim, "DELETE", lambda path: path.startswith("/Attachment/")) == 1
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "text/html"])
+async def test_json_error_bodies_are_surfaced(crm: EspoCrmBackend, sim: EspoSimulator, content_type: str) -> None:
+    body = b'{"messageTranslation":{"label":"validationFailure","scope":null,"data":{"field":"name","type":"pattern"}}}'
+    sim.faults.append(
+        Fault("PUT", r"/Case/\w+", status=400, reason="validationFailure", body=body, content_type=content_type)
+    )
+    with pytest.raises(InvalidInputError) as caught:
+        await crm.upload_attachment("case", printer(sim), upload_of(b"v", "v.txt", "text/plain"))
+    assert "to link the file to case" in str(caught.value)
+    assert ": validationFailure (field=name, type=pattern) (HTTP 400)" in str(caught.value)
+
+
+async def test_overlong_names_and_types_are_fitted_not_refused(crm: EspoCrmBackend, sim: EspoSimulator) -> None:
+    long_name = "r" * 300 + ".pdf"
+    long_type = "application/pdf; " + "x" * 120
+    entry = await crm.upload_attachment("case", printer(sim), upload_of(b"%PDF-1.4", long_name, long_type))
+    stored = sim.attachments[entry.file_id]
+    assert len(stored.name) == 255 and stored.name.endswith("….pdf") and stored.type == "application/pdf"
+    assert entry.name == stored.name  # the tool tells the user what the CRM stored
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sim), base_url=URL) as client:
+        base = {"type": "text/plain", "role": "Attachment", "parentType": "Case", "field": "attachments"}
+        base["file"] = "data:text/plain;base64,YQ=="
+        unnamed = await client.post("/api/v1/Attachment", json=base, headers={"X-Api-Key": API_KEY})
+        too_long = await client.post(
+            "/api/v1/Attachment", json={**base, "name": long_name}, headers={"X-Api-Key": API_KEY}
+        )
+    assert (unnamed.status_code, unnamed.headers["X-Status-Reason"]) == (400, "validationFailure")
+    assert unnamed.json()["messageTranslation"]["data"] == {"field": "name", "type": "required"}
+    assert too_long.json()["messageTranslation"]["data"] == {"field": "name", "type": "maxLength"}
 
 
 async def test_upload_to_contact_goes_to_its_stream(crm: EspoCrmBackend, sim: EspoSimulator) -> None:

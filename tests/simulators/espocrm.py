@@ -61,6 +61,7 @@ __all__ = [
     "Attachment",
     "EspoSimulator",
     "Fault",
+    "Hold",
     "SimUser",
     "hmac_signature",
     "seeded_simulator",
@@ -174,6 +175,52 @@ class Fault:
     reason: str = ""
     retry_after: int | None = None
     times: int = 1
+    body: bytes = b""
+    content_type: str | None = None
+
+
+@dataclass
+class Hold:
+    """Keep the next matching request waiting (after authentication) until `release` is set;
+    `reached` is set when it arrives. Lets a test cancel a client in the middle of a call."""
+
+    method: str
+    path: str
+    reached: anyio.Event = _field(default_factory=anyio.Event)
+    release: anyio.Event = _field(default_factory=anyio.Event)
+
+
+def _contents(data: dict[str, Any]) -> bytes:
+    """CreateInputFilter::handleContents: the bytes of the `file` data URL."""
+    file = data.get("file")
+    if "file" not in data:
+        raise _Error(400, "No file contents.")
+    if not isinstance(file, str):
+        raise _Error(400, "Non-string file contents.")
+    if "," not in file:
+        raise _Error(400, "Bad file contents.")
+    try:
+        return base64.b64decode(file.split(",", 1)[1], validate=True)
+    except binascii.Error:
+        raise _Error(400, "Could not decode file contents.") from None
+
+
+def _validated_name_and_type(data: dict[str, Any]) -> tuple[str, str]:
+    """Record validation of Attachment: name required, varchar(255); type varchar(100)."""
+    name, mime = data.get("name"), data.get("type")
+    if not isinstance(name, str) or not name:
+        raise _validation_failure("name", "required")
+    if len(name) > 255:  # maxLength counts characters
+        raise _validation_failure("name", "maxLength")
+    if mime is not None and (not isinstance(mime, str) or len(mime) > 100):
+        raise _validation_failure("type", "maxLength")
+    return name, mime or ""
+
+
+def _validation_failure(field: str, kind: str) -> _Error:
+    """EspoCRM's ValidationError: 400, reason "validationFailure", the field and rule in the body."""
+    body = {"messageTranslation": {"label": "validationFailure", "scope": None, "data": {"field": field, "type": kind}}}
+    return _Error(400, "validationFailure", body)
 
 
 def _stamp(moment: datetime) -> str:
@@ -220,6 +267,7 @@ class EspoSimulator:
         another client linked a file of its own (a proper write: the version number moves on)."""
         self.drop_download = 0
         """This many file downloads stop halfway (the declared Content-Length is not met)."""
+        self.holds: list[Hold] = []
         self.latency = 0.0
         """Seconds every request waits before it is handled (lets concurrent calls interleave)."""
         self.on_body_chunk: Callable[[int], None] | None = None
@@ -325,7 +373,14 @@ class EspoSimulator:
                 if fault.retry_after is not None:
                     headers["Retry-After"] = str(fault.retry_after)
                 await self._read_body(request)
-                return Response(status_code=fault.status, headers=headers)
+                if fault.content_type:
+                    headers["Content-Type"] = fault.content_type
+                return Response(fault.body, status_code=fault.status, headers=headers)
+        for hold in list(self.holds):
+            if hold.method == method and re.fullmatch(hold.path, path):
+                self.holds.remove(hold)
+                hold.reached.set()
+                await hold.release.wait()
         if self.latency:
             await anyio.sleep(self.latency)
         try:
@@ -504,17 +559,7 @@ class EspoSimulator:
         if entity == "Case" and self.optimistic_concurrency and version is not None:
             self._check_version(record, data, version)
         if "name" in data and not str(data["name"] or "").strip():
-            raise _Error(
-                400,
-                "",
-                {
-                    "messageTranslation": {
-                        "label": "validationFailure",
-                        "scope": None,
-                        "data": {"field": "name", "type": "required"},
-                    }
-                },
-            )
+            raise _validation_failure("name", "required")
         if entity == "Case" and "attachmentsIds" in data:
             ids = data["attachmentsIds"]
             if not isinstance(ids, list):
@@ -662,19 +707,7 @@ class EspoSimulator:
         data.pop("parentId", None)  # cleared on create: attaching is always a second call
         data.pop("relatedId", None)
         being_uploaded = bool(data.get("isBeingUploaded"))
-        payload = b""
-        if not being_uploaded:
-            file = data.get("file")
-            if "file" not in data:
-                raise _Error(400, "No file contents.")
-            if not isinstance(file, str):
-                raise _Error(400, "Non-string file contents.")
-            if "," not in file:
-                raise _Error(400, "Bad file contents.")
-            try:
-                payload = base64.b64decode(file.split(",", 1)[1], validate=True)
-            except binascii.Error:
-                raise _Error(400, "Could not decode file contents.") from None
+        payload = b"" if being_uploaded else _contents(data)
         if data.get("parentType") is not None:
             data.pop("relatedType", None)
         entity = data.get("parentType") or data.get("relatedType")
@@ -692,13 +725,12 @@ class EspoSimulator:
         max_mb = self.attachment_max_size / (1024 * 1024)
         if len(payload) > self.attachment_max_size:
             raise _Error(400, f"File size should not exceed {max_mb:g} Mb.")
+        name, mime = _validated_name_and_type(data)
         size = data.get("size") if being_uploaded else len(payload)
         if not isinstance(size, int) or size < 0:
             size = 0  # no size: EspoCRM stores none, and every chunk is then a "File size mismatch."
         if size > self.attachment_max_size:
             raise _Error(403, "Attachment size exceeds `attachmentUploadMaxSize`.")
-        name = str(data.get("name") or "unnamed")
-        mime = str(data.get("type") or "")
         if kind == "image":
             self._check_image(name, mime, None if being_uploaded else payload)
         attachment = self.add_attachment(
