@@ -39,6 +39,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    _quiet_http_libraries()
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
@@ -47,6 +48,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "check":
         raise SystemExit(anyio.run(_check, settings))
     _serve(args, settings)
+
+
+def _quiet_http_libraries() -> None:
+    """httpx logs every URL at INFO (a presigned URL source carries its signature in the query) and
+    httpcore logs response headers at DEBUG (a CRM login answers with session cookies): neither may
+    reach the log, whatever --log-level says. Their warnings still do."""
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -170,3 +174,226 @@ def test_http_refuses_public_interface_without_token(tmp_path: Path) -> None:
     done = run_cli(tmp_path, "serve", "--transport", "http", "--host", "0.0.0.0", "--port", str(free_port()))
     assert done.returncode == 2
     assert "without a bearer token" in done.stderr
+
+
+# ------------------------------------------------------------------------------ check and secrets
+
+SECRETS = {"S_PASSWORD": "pw-7f3a9c", "S_API_KEY": "key-51be0d", "S_SECRET_KEY": "hmac-c28e44", "S_APP": "app-9d0e17"}
+COOKIE = "cookie-4b1f88"
+VENDOR_TOML = {
+    "creatio": 'url = "{url}"\nusername = "Supervisor"\npassword = "${{S_PASSWORD}}"\n',
+    "espocrm": 'url = "{url}"\napi_key = "${{S_API_KEY}}"\nsecret_key = "${{S_SECRET_KEY}}"\n',
+    "wello": 'url = "{url}"\nusername = "api"\npassword = "${{S_PASSWORD}}"\ndomain = "acme"\n',
+    "superoffice": (
+        'url = "{url}/Cust1"\nusername = "u"\npassword = "${{S_PASSWORD}}"\napplication_token = "${{S_APP}}"\n'
+    ),
+}
+
+
+class _Echo(BaseHTTPRequestHandler):
+    """A hostile or broken CRM: answers everything with an error page that repeats the whole request
+    (headers and body, as some proxies' and debug pages do) and sets a session cookie."""
+
+    status = 500
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = f"{self.requestline}\n{self.headers}\n".encode() + (self.rfile.read(length) if length else b"")
+        self.send_response(self.status)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Set-Cookie", f"SESSION={COOKIE}; Path=/")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _answer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _leaked(text: str) -> list[str]:
+    """Secrets found in `text`, plainly or inside any base64 token (e.g. a Basic authorization)."""
+    needles = [*SECRETS.values(), COOKIE]
+    found = [needle for needle in needles if needle in text]
+    for token in re.findall(r"[A-Za-z0-9+/]{12,}={0,2}", text):
+        try:
+            decoded = base64.b64decode(token + "=" * (-len(token) % 4)).decode("utf-8", "replace")
+        except ValueError:
+            continue
+        found += [f"{needle} (base64)" for needle in needles if needle in decoded]
+    return found
+
+
+@pytest.mark.parametrize("status", [401, 500])
+@pytest.mark.parametrize(
+    "vendor",
+    [
+        "creatio",
+        "espocrm",
+        pytest.param(
+            "wello",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="known gap: the Wello backend quotes the CRM's error body, which may repeat the request's "
+                "Authorization header (crm_mcp/backends/wello.py, owned by the Wello work)",
+            ),
+        ),
+        "superoffice",
+    ],
+)
+def test_check_never_shows_a_secret_even_when_the_crm_echoes_it(tmp_path: Path, vendor: str, status: int) -> None:
+    handler = type("Echo", (_Echo,), {"status": status})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        table = VENDOR_TOML[vendor].format(url=url)
+        (tmp_path / "crm-mcp.toml").write_text(f'[backends.crm]\nvendor = "{vendor}"\n{table}')
+        done = run_cli(tmp_path, "check", "--log-level", "debug", **SECRETS)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"crm ({vendor}): FAILED" in done.stdout
+    assert _leaked(done.stdout) == []
+    assert _leaked(done.stderr) == []
+
+
+def test_check_of_an_unreachable_crm_names_it_and_fails(tmp_path: Path) -> None:
+    closed = free_port()
+    table = VENDOR_TOML["creatio"].format(url=f"http://127.0.0.1:{closed}")
+    (tmp_path / "crm-mcp.toml").write_text(f'[backends.crm]\nvendor = "creatio"\n{table}')
+    done = run_cli(tmp_path, "check", **SECRETS)
+    assert done.returncode == 1
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith("crm ")]
+    assert "FAILED" in line and f"127.0.0.1:{closed}" in line
+    assert _leaked(done.stdout + done.stderr) == []
+
+
+# ------------------------------------------------------------------------------------ wire format
+
+
+def test_stdio_stdout_carries_only_json_rpc_and_logs_go_to_stderr(tmp_path: Path) -> None:
+    """With debug logging on, every stdout line must still be one JSON-RPC message."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "crm_mcp", "serve", "--log-level", "debug"],
+        cwd=tmp_path,
+        env=env_for(tmp_path),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdin is not None and process.stdout is not None
+    killer = threading.Timer(60, process.kill)
+    killer.start()
+    try:
+        messages = [
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-06-18",
+                    "capabilities": {},
+                    "clientInfo": {"name": "t", "version": "1"},
+                },
+            },
+            {"jsonrpc": "2.0", "method": "notifications/initialized"},
+            {
+                "jsonrpc": "2.0",
+                "id": 2,
+                "method": "tools/call",
+                "params": {"name": "find_records", "arguments": {"record_type": "contact", "query": "Wilson"}},
+            },
+        ]
+        for message in messages:
+            process.stdin.write(json.dumps(message) + "\n")
+        process.stdin.flush()
+        replies = {}
+        while 2 not in replies:
+            line = process.stdout.readline()
+            assert line, "the server closed stdout early"
+            reply = json.loads(line)  # a log line here would break every stdio client
+            assert reply["jsonrpc"] == "2.0"
+            if "id" in reply:
+                replies[reply["id"]] = reply
+        rest, errors = process.communicate(timeout=30)  # closes stdin: the server must then exit
+    finally:
+        killer.cancel()
+    assert replies[1]["result"]["serverInfo"]["name"] == "crm-mcp"
+    assert replies[2]["result"]["structuredContent"]["records"][0]["title"] == "Alexander Wilson"
+    for line in rest.splitlines():
+        json.loads(line)
+    assert "DEBUG" in errors  # the logs exist, on stderr
+    assert process.returncode == 0
+
+
+# --------------------------------------------------------------------------------- stateless HTTP
+
+_JSON_RPC_HEADERS = {"Accept": "application/json, text/event-stream", "Authorization": "Bearer test-token-123"}
+
+
+def _sse_result(response: httpx.Response) -> dict[str, object]:
+    (data,) = [line.removeprefix("data: ") for line in response.text.splitlines() if line.startswith("data: ")]
+    reply: dict[str, object] = json.loads(data)
+    return reply
+
+
+def test_http_is_stateless_no_session_and_any_request_stands_alone(http_server: str) -> None:
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
+    first = httpx.post(http_server, json=initialize, headers=_JSON_RPC_HEADERS)
+    assert first.status_code == 200
+    assert "mcp-session-id" not in first.headers
+    # No session to name: a request on a fresh connection, without initialize, is served.
+    alone = httpx.post(
+        http_server,
+        json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+        headers={**_JSON_RPC_HEADERS, "MCP-Protocol-Version": "2025-06-18"},
+    )
+    assert alone.status_code == 200
+    tools = _sse_result(alone)["result"]["tools"]  # type: ignore[index]
+    assert len(tools) == 8
+
+
+def test_http_foreign_origin_is_refused(http_server: str) -> None:
+    response = httpx.post(
+        http_server,
+        json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+        headers={**_JSON_RPC_HEADERS, "Origin": "http://evil.example.com"},
+    )
+    assert response.status_code == 403
+
+
+def test_http_token_from_the_command_line_is_required_too(tmp_path: Path) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "crm_mcp", "serve", "--transport", "http", "--port", str(port), "--token", "cli-tok"],
+        cwd=tmp_path,
+        env=env_for(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/mcp"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                refused = httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, timeout=5)
+                break
+            except httpx.TransportError:
+                assert process.poll() is None and time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.1)
+        assert refused.status_code == 401
+        headers = {**_JSON_RPC_HEADERS, "Authorization": "Bearer cli-tok", "MCP-Protocol-Version": "2025-06-18"}
+        accepted = httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, headers=headers)
+        assert accepted.status_code == 200
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
