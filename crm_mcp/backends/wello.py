@@ -10,6 +10,8 @@ How the vendor-neutral contract maps onto Wello:
 - **Files** are `db_file` records linked by `db_table_name` + `id_in_table`. They are listed through
   `api/DbFile?$filter=...&$select=...` with a `$select` that leaves `file_content` out, so a listing never
   transfers file bytes; archived files (`is_archived = true`: "deleted, content flushed") are not listed.
+  Pages are fetched with `$top` (at most Wello's page of 20) and `$skip` behind the tool's cursor;
+  `@odata.nextLink` (or `@odata.nextlink`, as the Paging guide also spells it) says more rows follow.
 - **Bytes**: Wello has no stream endpoint; `GET api/DbFile(id)` returns the record with `file_content` as a
   base64 string. The JSON is scanned incrementally and the base64 decoded as it arrives, so a large file is
   never held in memory (not even once).
@@ -17,6 +19,8 @@ How the vendor-neutral contract maps onto Wello:
   base64-encoded chunk by chunk from the upload, with an exact `Content-Length` computed beforehand. The record
   id is a GUID chosen here, so after a failure that may have reached the server we can look the record up and
   remove it (DELETE, or `is_archived = true` where DELETE is refused): a failed upload leaves nothing listed.
+  `Prefer: return=minimal` keeps the answer to the id; a server that echoes the whole record anyway is read
+  no further than 64 KiB, so the file is not held in memory a second time.
 - **Contact photos**: a Wello contact has no photo field. The photo is the newest (by `date_add`) non-archived
   `db_file` linked to the contact whose MIME type is `image/*`. `bind_photo` adds a new image file to the
   contact; earlier photos stay as ordinary contact files (archiving them would flush their content, and
