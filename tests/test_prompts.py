@@ -102,3 +102,17 @@ def test_the_wheel_ships_the_prompts(tmp_path: Path) -> None:
         check=True,
     )
     assert int(names.stdout) == len(list((repo / "prompts").glob("*.md")))
+
+
+async def test_every_prompt_is_served_with_every_argument_filled_in(client: Client) -> None:
+    listed = (await client.list_prompts()).prompts
+    assert {prompt.name for prompt in listed} == {prompt.name for prompt in load_prompt_files()}
+    for prompt in listed:
+        assert prompt.description and prompt.title
+        values = {argument.name: f"<value of {argument.name}>" for argument in prompt.arguments or []}
+        result = await client.get_prompt(prompt.name, values)
+        (message,) = result.messages
+        text = message.content.text
+        for value in values.values():
+            assert value in text, f"{prompt.name} ignores {value}"
+        assert "{{" not in text and "}}" not in text, prompt.name

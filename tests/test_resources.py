@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
+from crm_mcp import resources
+from crm_mcp.app import open_app
+from crm_mcp.backends import _demo as demo
+from crm_mcp.backends.base import Upload
+from crm_mcp.config import Settings
+from crm_mcp.server import build_server
 from tests.helpers import MISSING_GUID, all_files, find_one
 
 pytestmark = pytest.mark.anyio
@@ -58,3 +66,42 @@ async def test_malformed_file_id_is_an_error(client: Client) -> None:
 async def test_unknown_backend_in_uri_is_not_found(client: Client) -> None:
     with pytest.raises(MCPError, match="no backend named 'other'"):
         await client.read_resource(f"crm://other/files/{MISSING_GUID}")
+
+
+async def test_a_long_read_reports_progress_up_to_its_size(settings: Settings) -> None:
+    payload = bytes(range(256)) * 8192  # 2 MiB
+    async with open_app(settings) as app:
+        crm = app.backend("local")
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield payload
+
+        upload = Upload(name="big.bin", mime_type="application/octet-stream", size=len(payload), chunks=chunks())
+        entry = await crm.upload_attachment("case", demo.CASE_PRINTER_ON_FIRE, upload)
+        updates: list[tuple[int, int | None]] = []
+
+        async def progress(done: int, total: int | None) -> None:
+            updates.append((done, total))
+
+        contents = await resources.read_resource(app, f"crm://local/files/{entry.file_id}", progress)
+    assert contents.content == payload
+    assert contents.mime_type == "application/octet-stream"
+    assert len(updates) > 1
+    assert updates[-1] == (len(payload), len(payload))
+
+
+async def test_a_read_over_the_transfer_limit_is_refused_with_the_limit(make_settings: Callable[..., Settings]) -> None:
+    async with Client(build_server(make_settings("[limits]\nmax_transfer_bytes = 100\n"))) as client:
+        contact_id = await find_one(client, "contact", "Alexander Wilson")
+        with pytest.raises(MCPError, match="transfer limit of 100 bytes"):
+            await client.read_resource(f"crm://local/contacts/{contact_id}/photo")
+
+
+async def test_backends_resource_shows_no_settings_beyond_name_and_vendor(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    store = tmp_path / "secret-store-path"
+    async with Client(build_server(make_settings(f'[backends.local]\nvendor = "local"\npath = "{store}"\n'))) as client:
+        (content,) = (await client.read_resource("crm://backends")).contents
+    assert str(store) not in content.text
+    assert set(json.loads(content.text)["backends"][0]) == {"name", "vendor", "default", "capabilities"}
