@@ -436,6 +436,14 @@ async def test_long_names_are_shortened_keeping_the_extension(crm: WelloBackend,
     assert entry.name in [file.name for file in listed.files]
 
 
+async def test_a_mime_type_over_wellos_100_characters_is_stored_generic(crm: WelloBackend, sim: WelloSimulator) -> None:
+    long_type = "application/vnd.example." + "x" * 90  # 114 characters: Wello would answer 400
+    entry = await crm.upload_attachment("case", simulator.JOB_PRINTER, upload(b"data", "d.bin", long_type))
+    assert entry.mime_type == "application/octet-stream"
+    assert sim.tables["DbFile"][entry.file_id]["mime_type"] == "application/octet-stream"
+    assert all(r.status < 400 for r in sim.requests)
+
+
 def test_shorten_name_counts_like_dotnet() -> None:
     assert shorten_name("short.txt") == "short.txt"
     emoji = "😀" * 60 + ".png"  # 124 UTF-16 units
