@@ -66,10 +66,13 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("inspector-home")
 
 
-def run(cli: list[str], home: Path, *args: str) -> tuple[int, dict[str, Any] | None, str]:
+SERVE = [sys.executable, "-m", "crm_mcp", "serve"]
+
+
+def run(cli: list[str], home: Path, *args: str, server: list[str] = SERVE) -> tuple[int, dict[str, Any] | None, str]:
     """One Inspector call; the server gets only the environment passed with -e (the Inspector's rule)."""
     env_flags = ["-e", f"CRM_MCP_HOME={home}", "-e", f"PYTHONPATH={REPO}"]
-    command = [*cli, *env_flags, *args, "--cwd", str(home), "--", sys.executable, "-m", "crm_mcp", "serve"]
+    command = [*cli, *env_flags, *args, "--cwd", str(home), "--", *server]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     output = json.loads(done.stdout) if done.stdout.strip() else None
     return done.returncode, output, done.stderr
@@ -87,7 +90,10 @@ def call_tool(cli: list[str], home: Path, name: str, arguments: dict[str, Any]) 
 
 
 def test_tools_list_shows_the_eight_tools(inspector_cli: list[str], home: Path) -> None:
-    code, output, stderr = run(inspector_cli, home, "--method", "tools/list")
+    """Through the installed `crm-mcp` console script, as the README tells a newcomer to run it."""
+    script = Path(sys.executable).parent / "crm-mcp"
+    assert script.exists(), f"{script} is missing: install the project (pip install -e '.[dev]') first"
+    code, output, stderr = run(inspector_cli, home, "--method", "tools/list", server=[str(script), "serve"])
     assert code == 0, stderr
     assert output is not None
     names = {tool["name"] for tool in output["result"]["tools"]}
@@ -103,17 +109,49 @@ def test_tools_list_shows_the_eight_tools(inspector_cli: list[str], home: Path) 
     }
 
 
-def test_strict_reports_no_error_severity_problem(inspector_cli: list[str], home: Path) -> None:
-    code, output, stderr = run(inspector_cli, home, "--method", "tools/list", "--strict")
-    assert code == 0, stderr
-    assert output is not None
-    errors = [
+def _schema_errors(output: dict[str, Any]) -> list[tuple[str, str]]:
+    """--strict puts `schemaFindings` into the JSON output only when it found something."""
+    return [
         (tool["toolName"], finding["path"])
         for tool in output.get("schemaFindings", [])
         for finding in tool["findings"]
         if finding["severity"] == "error"
     ]
-    assert errors == []
+
+
+def test_strict_reports_no_error_severity_problem(inspector_cli: list[str], home: Path) -> None:
+    code, output, stderr = run(inspector_cli, home, "--method", "tools/list", "--strict")
+    assert code == 0, stderr
+    assert output is not None
+    assert len(output["result"]["tools"]) == 8  # the lint saw the real list
+    assert _schema_errors(output) == []
+
+
+UNPORTABLE_SERVER = """
+from mcp.server.mcpserver import MCPServer
+from mcp.types import Tool
+
+
+class Unportable(MCPServer):
+    async def list_tools(self):
+        return [Tool(name="bad", input_schema={"type": "object", "properties": {"anything": True}})]
+
+
+Unportable("unportable").run()
+"""
+
+
+def test_strict_does_catch_an_unportable_schema(inspector_cli: list[str], home: Path, tmp_path: Path) -> None:
+    """The control for the test above: --strict fails (exit 6) on a bare `true` schema, and our
+    reading of its output finds the error."""
+    script = tmp_path / "unportable.py"
+    script.write_text(UNPORTABLE_SERVER)
+    code, output, _ = run(
+        inspector_cli, home, "--method", "tools/list", "--strict", server=[sys.executable, str(script)]
+    )
+    assert code == 6
+    assert output is not None
+    assert _schema_errors(output) == [("bad", "properties.anything")]
 
 
 def test_upload_then_list_then_read_the_same_bytes(inspector_cli: list[str], home: Path) -> None:
