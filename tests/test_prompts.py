@@ -102,6 +102,9 @@ def test_the_wheel_ships_the_prompts(tmp_path: Path) -> None:
         check=True,
     )
     assert int(names.stdout) == len(list((repo / "prompts").glob("*.md")))
+    # ... and the wheel declares the console script the README runs.
+    (entry_points,) = unpacked.glob("crm_mcp-*.dist-info/entry_points.txt")
+    assert "crm-mcp = crm_mcp.cli:main" in entry_points.read_text(encoding="utf-8").splitlines()
 
 
 async def test_every_prompt_is_served_with_every_argument_filled_in(client: Client) -> None:
