@@ -26,6 +26,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from crm_mcp.errors import InvalidInputError
+from crm_mcp.http import Retries, Timeouts
 
 __all__ = [
     "Backend",
@@ -39,6 +40,7 @@ __all__ = [
     "Photo",
     "Record",
     "RecordType",
+    "RemoteSettings",
     "Upload",
     "decode_cursor",
     "encode_cursor",
@@ -61,6 +63,16 @@ class BackendSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     vendor: str
+
+
+class RemoteSettings(BackendSettings):
+    """Base of the settings of a backend that talks to a CRM over HTTP: how its client behaves on a
+    slow or failing network (see `crm_mcp.http`). Every key has a default that suits a CRM on the
+    internet; `max_connections` is the per-backend concurrency limit."""
+
+    timeouts: Timeouts = Timeouts()
+    retries: Retries = Retries()
+    max_connections: int = Field(default=20, ge=1, le=256)
 
 
 class FileEntry(BaseModel):
