@@ -5,6 +5,7 @@ Written once; runs against every harness in `harnesses.HARNESSES`.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import random
 import threading
@@ -71,6 +72,30 @@ async def test_uploaded_text_is_listed_and_reads_back(crm: Crm) -> None:
     listed = {file["file_id"]: file for file in await all_files(crm.client, case_id)}
     assert listed[entry["file_id"]]["name"] == "c.txt"
     assert await read_bytes(crm.client, entry["resource_uri"]) == (b"contract", "text/plain")
+
+
+async def test_upload_to_a_missing_case_is_not_found(crm: Crm) -> None:
+    message = await error(
+        crm.client, "upload_attachment", record_id=crm.harness.missing_id, file_name="x.txt", content_text="x"
+    )
+    assert "not found" in message.lower()
+
+
+async def test_upload_with_a_malformed_record_id_is_refused(crm: Crm) -> None:
+    message = await error(
+        crm.client, "upload_attachment", record_id=crm.harness.malformed_id, file_name="x.txt", content_text="x"
+    )
+    assert "not a valid id" in message
+
+
+async def test_uploaded_text_reads_back_through_read_file(crm: Crm) -> None:
+    entry = await ok(
+        crm.client, "upload_attachment", record_id=await printer_case(crm), file_name="r.txt", content_text="line\n"
+    )
+    result = await crm.client.call_tool("read_file", {"resource_uri": entry["resource_uri"]})
+    assert not result.is_error
+    assert result.structured_content["returned_as"] == "text"
+    assert result.content[-1].text == "line\n"
 
 
 async def test_uploaded_binary_from_path_round_trips(crm: Crm) -> None:
@@ -147,6 +172,23 @@ async def test_contact_photo_is_served(crm: Crm) -> None:
     assert mime == photo["mime_type"]
     assert mime.startswith("image/")
     assert data
+
+
+async def test_small_photo_comes_inline_and_linked(crm: Crm) -> None:
+    contact_id = await find_one(crm.client, "contact", "Alexander Wilson")
+    result = await crm.client.call_tool("get_contact_photo", {"contact_id": contact_id})
+    photo = result.structured_content["photo"]
+    data, _ = await read_bytes(crm.client, photo["resource_uri"])
+    assert len(data) <= 262_144, "the harness's photo of Alexander Wilson must be small enough to inline"
+    (image,) = [block for block in result.content if block.type == "image"]
+    (link,) = [block for block in result.content if block.type == "resource_link"]
+    assert base64.b64decode(image.data) == data
+    assert link.uri == photo["resource_uri"]
+
+
+async def test_malformed_contact_id_is_refused(crm: Crm) -> None:
+    message = await error(crm.client, "get_contact_photo", contact_id=crm.harness.malformed_id)
+    assert "not a valid id" in message
 
 
 async def test_contact_without_photo_has_none(crm: Crm) -> None:
