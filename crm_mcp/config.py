@@ -43,8 +43,9 @@ class Limits(BaseModel):
 
     inline_bytes: int = Field(default=262_144, ge=0, le=8 * 1024 * 1024)
     """Largest binary payload (raw bytes) placed inline in a tool result: photos, read_file blobs."""
-    inline_text_bytes: int = Field(default=524_288, ge=0, le=8 * 1024 * 1024)
-    """Largest text file read_file returns as text (Claude Desktop rejects results over ~1 MB)."""
+    inline_text_bytes: int = Field(default=262_144, ge=0, le=8 * 1024 * 1024)
+    """Largest text file read_file returns as text. The text travels twice (text block and
+    structuredContent), and Claude Desktop rejects results over ~1 MB: hence 256 KiB."""
     max_transfer_bytes: int = Field(default=104_857_600, ge=1)
     """Largest upload or download."""
 

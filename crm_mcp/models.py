@@ -114,7 +114,13 @@ class ReadFileResult(BaseModel):
     mime_type: str
     size: int
     returned_as: Literal["text", "resource"] = Field(
-        description="'text': the file's text is in the text content; 'resource': the bytes are an embedded resource"
+        description="'text': the file's text is in `text` and in the text content; 'resource': the bytes are an "
+        "embedded resource"
+    )
+    text: str | None = Field(
+        default=None,
+        description="the file's text when returned_as is 'text' (also here because some clients show the model "
+        "only the structured result), else null",
     )
 
 

@@ -339,6 +339,7 @@ async def read_file(
         mime_type=download.mime_type,
         size=len(data),
         returned_as=returned_as,
+        text=text,
     )
     header = f"{download.name} ({download.mime_type}, {len(data):,} bytes) from {resource_uri}"
     if text is not None:

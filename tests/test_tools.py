@@ -353,6 +353,18 @@ async def test_read_file_returns_text_for_text_files(client: Client) -> None:
     result = await call(client, "read_file", resource_uri=entry["resource_uri"])
     assert result.structured_content["returned_as"] == "text"
     assert result.content[-1].text == "a,b\n1,2\n"
+    # Also in the structured result: pydantic-ai shows the model only that when all blocks are text.
+    assert result.structured_content["text"] == "a,b\n1,2\n"
+
+
+async def test_read_file_of_the_largest_inline_text_stays_under_claude_desktops_1_mb(client: Client) -> None:
+    text = ("All work and no play makes Jack a dull boy.\n" * 6000)[: 256 * 1024]
+    entry = await ok(
+        client, "upload_attachment", record_id=await printer_case(client), file_name="j.txt", content_text=text
+    )
+    result = await call(client, "read_file", resource_uri=entry["resource_uri"])
+    assert result.structured_content["text"] == text
+    assert len(result.model_dump_json(by_alias=True, exclude_none=True)) < 1_048_576
 
 
 async def test_read_file_embeds_small_binaries(client: Client) -> None:
@@ -366,6 +378,7 @@ async def test_read_file_embeds_small_binaries(client: Client) -> None:
     result = await call(client, "read_file", resource_uri=entry["resource_uri"])
     (embedded,) = [block for block in result.content if block.type == "resource"]
     assert base64.b64decode(embedded.resource.blob) == PNG_1x1
+    assert result.structured_content["text"] is None
     assert embedded.resource.mime_type == "image/png"
 
 
