@@ -178,6 +178,8 @@ class _Handler(BaseHTTPRequestHandler):
             "/redirect": (302, {"Location": "/photo.png", "Content-Length": "0"}, b""),
             "/short": (200, {"Content-Length": "100"}, b"only ten b"),
             "/named": (200, {"Content-Length": "3", "Content-Disposition": 'attachment; filename="r.txt"'}, b"abc"),
+            "/unannounced": (200, {"Content-Type": "application/octet-stream"}, b"z" * 5000),
+            "/to-private": (302, {"Location": "http://127.0.0.2:9/secret", "Content-Length": "0"}, b""),
         }
         status, headers, body = routes.get(self.path, (404, {"Content-Length": "0"}, b""))
         self.send_response(status)
@@ -271,3 +273,23 @@ async def test_url_errors_never_echo_credentials_or_query(private_ok: Settings, 
     assert "HTTP 404" in str(caught.value)
     assert "hunter2" not in str(caught.value)
     assert "s3cr3t" not in str(caught.value)
+
+
+async def test_url_without_length_is_stopped_at_the_limit_while_streaming(
+    make_settings: Callable[..., Settings], files_root: Path, web: str
+) -> None:
+    settings = make_settings(
+        f'[files]\nroots = ["{files_root}"]\nallow_private_urls = true\n[limits]\nmax_transfer_bytes = 1000\n'
+    )
+    with pytest.raises(TooLargeError, match="transfer limit of 1,000 bytes"):
+        await read_source(settings, url=f"{web}/unannounced")
+
+
+async def test_redirect_to_a_private_address_is_refused(
+    settings: Settings, web: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the first hop (this test's server on 127.0.0.1) counts as public here; the redirect's
+    target is checked again before anything is sent to it."""
+    monkeypatch.setattr("crm_mcp.sources._is_public", lambda address: address == "127.0.0.1")
+    with pytest.raises(AccessDeniedError, match=r"127\.0\.0\.2"):
+        await read_source(settings, url=f"{web}/to-private")
