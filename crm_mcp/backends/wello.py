@@ -273,8 +273,11 @@ def _vendor_message(response: httpx.Response) -> str:
         parts.append(body)
     elif text and not text.startswith("<"):
         parts.append(text)
-    message = " ".join(" ".join(parts).split())
-    return message[:500] + ("…" if len(message) > 500 else "")
+    return " ".join(" ".join(parts).split())
+
+
+def _clip(message: str, limit: int = 500) -> str:
+    return message[:limit] + ("…" if len(message) > limit else "")
 
 
 def _has_next_link(body: Mapping[str, Any]) -> bool:
@@ -453,6 +456,19 @@ class WelloBackend:
         user = f"{self.settings.username}:{self.settings.password.get_secret_value()}@{self.settings.domain}"
         return "Basic " + base64.b64encode(user.encode("utf-8")).decode("ascii")
 
+    def _secrets(self) -> list[str]:
+        """What must never reach a message: the password, the Basic credential token, any cookie a server set."""
+        values = [self.settings.password.get_secret_value(), self._auth_header().removeprefix("Basic ")]
+        if self._client is not None:
+            values += [value for value in self._client.cookies.values() if value]
+        return [value for value in values if len(value) >= 4]
+
+    def _scrub(self, text: str) -> str:
+        """Wello's error bodies are quoted in messages; a proxy or debug page may echo the request in them."""
+        for secret in sorted(self._secrets(), key=len, reverse=True):
+            text = text.replace(secret, "[redacted]")
+        return text
+
     async def __aenter__(self) -> WelloBackend:
         headers = {"Authorization": self._auth_header(), "Accept": "application/json"}
         if self.settings.api_version:
@@ -492,7 +508,7 @@ class WelloBackend:
             return
         await response.aread()
         status = response.status_code
-        detail = _vendor_message(response)
+        detail = _clip(self._scrub(_vendor_message(response)))  # scrubbed whole, so no secret is cut in two
         said = f": {detail.rstrip('.')}" if detail else ""
         where = self._where()
         if status == 401:

@@ -26,6 +26,7 @@ from crm_mcp.errors import (
     AuthenticationError,
     BackendError,
     ConflictError,
+    CrmError,
     InvalidInputError,
     NotFoundError,
     PermissionDeniedError,
@@ -198,6 +199,35 @@ async def test_query_errors_become_clear_errors(
     assert words in str(raised.value)
     assert f"HTTP {status}" in str(raised.value)
     assert not isinstance(raised.value, InvalidInputError)
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 409, 500])
+async def test_an_error_body_that_echoes_the_request_reveals_no_secret(tmp_path: Path, status: int) -> None:
+    """A proxy or debug page may repeat the request (Authorization header included) and set a cookie."""
+    sim = WelloSimulator()
+
+    def echo(request: httpx.Request) -> httpx.Response:
+        text = f"{request.method} {request.url}\n" + "\n".join(f"{k}: {v}" for k, v in request.headers.items())
+        body = {"Message": "Bad thing.", "ExceptionMessage": text} if status == 400 else None
+        return httpx.Response(
+            status,
+            **({"json": body} if body else {"text": text}),
+            headers={"Set-Cookie": "ASP.NET_SessionId=cookie-4b1f88ae; path=/"},
+        )
+
+    context = BackendContext(home=tmp_path, max_transfer_bytes=LIMIT, transport=httpx.MockTransport(echo))
+    messages = []
+    async with WelloBackend("wello", settings("https://w.example", sim), context) as backend:
+        for _ in range(2):  # the second request carries the cookie the first answer set
+            with pytest.raises(CrmError) as raised:
+                await backend.check()
+            messages.append(str(raised.value))
+    assert f"HTTP {status}" in messages[0] and "ASP.NET_SessionId=[redacted]" in messages[1]
+    token = base64.b64encode(f"{sim.username}:{sim.password}@{sim.domain}".encode()).decode()
+    for message in messages:
+        assert "[redacted]" in message and "Basic" in message  # the echo was quoted, the secrets were not
+        assert sim.password not in message and token not in message and token[:40] not in message
+        assert "cookie-4b1f88ae" not in message
 
 
 @pytest.mark.parametrize("bad", ["JOB-1", "", "1234", "'; drop", "6f1c2a4e-0000-4000-8000-00000000000"])
