@@ -16,6 +16,8 @@ import sys
 from collections.abc import Sequence
 
 import anyio
+from starlette.requests import Request
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from crm_mcp import __version__
@@ -26,6 +28,8 @@ from crm_mcp.errors import ConfigError, CrmError
 __all__ = ["BearerTokenMiddleware", "main"]
 
 TOKEN_ENV = "CRM_MCP_TOKEN"
+HEALTH_PATH = "/healthz"
+"""GET → 200 once the backends are open; no token, so load balancers and orchestrators can probe it."""
 EXIT_CONFIG = 2
 
 logger = logging.getLogger("crm_mcp")
@@ -141,6 +145,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
         allowed_hosts=hosts,
         allowed_origins=[f"{scheme}://{host}" for host in hosts for scheme in ("http", "https")],
     )
+    server.custom_route(HEALTH_PATH, methods=["GET"], include_in_schema=False)(_healthz)
     # Base64 in JSON makes a request ~4/3 of the bytes it carries; leave room for the envelope.
     body_limit = settings.limits.max_transfer_bytes * 4 // 3 + 1024 * 1024
     app: ASGIApp = server.streamable_http_app(
@@ -151,9 +156,15 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
         host=args.host,
     )
     if token:
-        app = BearerTokenMiddleware(app, token)
+        app = BearerTokenMiddleware(app, token, open_paths=(HEALTH_PATH,))
     logger.warning("crm-mcp %s starting on http://%s:%d%s", __version__, args.host, args.port, args.path)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+
+
+async def _healthz(_: Request) -> JSONResponse:
+    # Uvicorn accepts connections only after the lifespan opened every backend, so answering at all
+    # means ready. Nothing else is said: the endpoint needs no token.
+    return JSONResponse({"status": "ok"})
 
 
 def _allowed_hosts(host: str, extra: Sequence[str]) -> list[str]:
@@ -168,14 +179,19 @@ def _allowed_hosts(host: str, extra: Sequence[str]) -> list[str]:
 
 
 class BearerTokenMiddleware:
-    """Rejects HTTP requests without `Authorization: Bearer <token>` (constant-time comparison)."""
+    """Rejects HTTP requests without `Authorization: Bearer <token>` (constant-time comparison),
+    except GETs of `open_paths` (the health check)."""
 
-    def __init__(self, app: ASGIApp, token: str) -> None:
+    def __init__(self, app: ASGIApp, token: str, open_paths: Sequence[str] = ()) -> None:
         self._app = app
         self._expected = f"Bearer {token}".encode()
+        self._open_paths = frozenset(open_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        if scope["method"] in ("GET", "HEAD") and scope["path"] in self._open_paths:
             await self._app(scope, receive, send)
             return
         given = dict(scope["headers"]).get(b"authorization", b"")
