@@ -38,7 +38,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Generator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
@@ -174,6 +174,10 @@ class EspoCrmSettings(BackendSettings):
 
 
 # --------------------------------------------------------------------------------------- helpers
+
+
+class _NoAnswer(BackendError):
+    """The request went out but its answer did not arrive whole: the server may have acted on it."""
 
 
 def _require_id(value: str, what: str) -> str:
@@ -360,14 +364,19 @@ class EspoCrmBackend:
         for attempt in range(attempts):
             try:
                 response = await self._http.send(request, stream=stream)
-            except httpx.TimeoutException:
-                raise BackendError(
-                    f"EspoCRM backend '{self.name}' did not answer in time while trying to {what}; try again later"
-                ) from None
-            except httpx.HTTPError as exc:
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol) as exc:
                 raise BackendError(
                     f"EspoCRM backend '{self.name}' could not be reached at {self.settings.url} while trying to "
                     f"{what} ({type(exc).__name__}); check the url and that the server is up"
+                ) from None
+            except httpx.TimeoutException:
+                raise _NoAnswer(
+                    f"EspoCRM backend '{self.name}' did not answer in time while trying to {what}; try again later"
+                ) from None
+            except httpx.HTTPError as exc:
+                raise _NoAnswer(
+                    f"EspoCRM backend '{self.name}': the connection broke while trying to {what} "
+                    f"({type(exc).__name__}); try again later"
                 ) from None
             if response.status_code in _RETRY_STATUSES and attempt + 1 < attempts:
                 delay = _retry_after(response.headers.get("Retry-After"))
@@ -737,9 +746,11 @@ class EspoCrmBackend:
                 missing=self._missing("contact", contact_id),
                 json_body={f"{field}Id": attachment_id},
             )
-        except BaseException:
-            await self._delete_quietly(attachment_id)
-            raise
+        except BaseException as exc:
+            # EspoCRM deletes the previous photo when the field changes: deleting the new one while it
+            # may be bound would leave the contact with no photo at all, so an unsure outcome keeps it.
+            if not await self._settle(exc, attachment_id, lambda: self._photo_is(contact_id, field, attachment_id)):
+                raise
         logger.info("EspoCRM %s: contact %s now has photo %s", self.name, contact_id, attachment_id)
         return Photo(photo_id=attachment_id, mime_type=detected, size=upload.size)
 
@@ -755,17 +766,18 @@ class EspoCrmBackend:
         self._check_size(upload)
         entity = entities[record_type]
         await self._get_record(entity, record_id, record_type)  # fail before sending any bytes
-        if record_type == "case":
-            attachment = await self._post_attachment(upload, {"parentType": "Case", "field": "attachments"})
-            link = self._link_to_case(record_id, attachment["id"])
-        else:
-            attachment = await self._post_attachment(upload, {"parentType": "Note", "field": "attachments"})
-            link = self._post_note(entity, record_id, record_type, attachment["id"])
+        parent = "Case" if record_type == "case" else "Note"
+        attachment = await self._post_attachment(upload, {"parentType": parent, "field": "attachments"})
+        attachment_id = attachment["id"]
         try:
-            await link
-        except BaseException:
-            await self._delete_quietly(attachment["id"])
-            raise
+            if record_type == "case":
+                await self._link_to_case(record_id, attachment_id)
+            else:
+                await self._post_note(entity, record_id, record_type, attachment_id)
+        except BaseException as exc:
+            linked = self._case_has if record_type == "case" else self._note_has
+            if not await self._settle(exc, attachment_id, lambda: linked(record_id, attachment_id), keep=False):
+                raise
         logger.info(
             "EspoCRM %s: attached %s (%d bytes) to %s %s as %s",
             self.name,
@@ -911,6 +923,46 @@ class EspoCrmBackend:
             missing=self._missing(kind, record_id),
             json_body={"type": "Post", "parentType": entity, "parentId": record_id, "attachmentsIds": [attachment_id]},
         )
+
+    async def _settle(
+        self, exc: BaseException, attachment_id: str, linked: Callable[[], Awaitable[bool]], *, keep: bool = True
+    ) -> bool:
+        """After the link step failed, decide what becomes of the uploaded attachment. A refusal by the
+        CRM: it is deleted. A lost answer or a cancelled call: the record is read again. Linked after
+        all: the write took effect, so it stays (and for a lost answer the upload succeeded: True, never
+        an error that invites a duplicate). Not linked: deleted. Unknown: deleted, unless `keep`."""
+        state: bool | None = False
+        if not isinstance(exc, CrmError) or isinstance(exc, _NoAnswer):
+            with anyio.CancelScope(shield=True):
+                try:
+                    state = await linked()
+                except Exception:
+                    state = None
+        if state:
+            logger.info("EspoCRM %s: the link of %s took effect although its answer was lost", self.name, attachment_id)
+            return isinstance(exc, _NoAnswer)
+        if state is None and keep:
+            logger.warning(
+                "EspoCRM %s: could not tell whether %s was linked; kept it rather than risk a dangling link",
+                self.name,
+                attachment_id,
+            )
+            return False
+        await self._delete_quietly(attachment_id)
+        return False
+
+    async def _case_has(self, case_id: str, attachment_id: str) -> bool:
+        case = await self._get_record("Case", case_id, "case")
+        return attachment_id in (case.get("attachmentsIds") or [])
+
+    async def _note_has(self, record_id: str, attachment_id: str) -> bool:
+        """Whether the attachment now belongs to a stream note (`record_id` is the note's parent)."""
+        meta = await self._call("GET", f"Attachment/{attachment_id}", f"read attachment {attachment_id}")
+        return isinstance(meta, dict) and meta.get("parentType") == "Note" and bool(meta.get("parentId"))
+
+    async def _photo_is(self, contact_id: str, field: str, attachment_id: str) -> bool:
+        contact = await self._get_record("Contact", contact_id, "contact")
+        return contact.get(f"{field}Id") == attachment_id
 
     async def _delete_quietly(self, attachment_id: str) -> None:
         """Remove an attachment that could not be linked; shielded, and a failure is only logged."""

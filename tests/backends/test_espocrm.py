@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import random
+import re
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -508,6 +509,61 @@ async def test_overlong_names_and_types_are_fitted_not_refused(crm: EspoCrmBacke
     assert (unnamed.status_code, unnamed.headers["X-Status-Reason"]) == (400, "validationFailure")
     assert unnamed.json()["messageTranslation"]["data"] == {"field": "name", "type": "required"}
     assert too_long.json()["messageTranslation"]["data"] == {"field": "name", "type": "maxLength"}
+
+
+class _LoseAnswers(httpx.AsyncBaseTransport):
+    """Passes requests to the simulator; the next request matching the first rule (method, path regex)
+    is acted on by the server but its answer is lost (the connection breaks), as after a proxy timeout
+    or a reset; then the next rule is armed."""
+
+    def __init__(self, sim: EspoSimulator, *rules: tuple[str, str]) -> None:
+        self.inner = httpx.ASGITransport(app=sim)
+        self.rules = list(rules)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        path = request.url.path.removeprefix("/api/v1")
+        if self.rules and self.rules[0][0] == request.method and re.fullmatch(self.rules[0][1], path):
+            self.rules.pop(0)
+            await response.aclose()
+            raise httpx.ReadError("connection reset by peer", request=request)
+        return response
+
+
+def lossy(sim: EspoSimulator, tmp_path: Path, *rules: tuple[str, str]) -> EspoCrmBackend:
+    context = BackendContext(home=tmp_path, max_transfer_bytes=50_000_000, transport=_LoseAnswers(sim, *rules))
+    return EspoCrmBackend("espo", settings(), context)
+
+
+@pytest.mark.parametrize("record_type", ["case", "account"])
+async def test_lost_link_answer_is_checked_not_undone(sim: EspoSimulator, tmp_path: Path, record_type: str) -> None:
+    """The link went through but its answer was lost: the record is re-read, the upload reported as done
+    (an error would invite a duplicate), and the linked file is not deleted."""
+    record_id = printer(sim) if record_type == "case" else record(sim, "Account", name="Acme Printing")
+    before = set(sim.attachments)
+    rule = ("PUT", r"/Case/\w+") if record_type == "case" else ("POST", "/Note")
+    async with lossy(sim, tmp_path, rule) as crm:
+        entry = await crm.upload_attachment(record_type, record_id, upload_of(b"once", "once.txt", "text/plain"))
+    assert set(sim.attachments) == {*before, entry.file_id}
+    if record_type == "case":
+        assert entry.file_id in sim.case_attachment_ids(record_id)
+    else:
+        assert [item.id for item in sim.stream_attachments("Account", record_id)] == [entry.file_id]
+
+
+async def test_lost_photo_answer_never_leaves_a_dangling_photo(sim: EspoSimulator, tmp_path: Path) -> None:
+    """EspoCRM deleted the old photo when the new one was bound; deleting the new one because the answer
+    was lost would leave the contact pointing at nothing."""
+    wilson = record(sim, "Contact", firstName="Alexander")
+    async with lossy(sim, tmp_path, ("PUT", r"/Contact/\w+")) as crm:
+        photo = await crm.bind_photo(wilson, upload_of(PNG_1x1, "new.png", "image/png"))
+    assert sim.records["Contact"][wilson]["cPhotoId"] == photo.photo_id and photo.photo_id in sim.attachments
+    best = record(sim, "Contact", firstName="John")
+    async with lossy(sim, tmp_path, ("PUT", r"/Contact/\w+"), ("GET", r"/Contact/\w+")) as crm:
+        with pytest.raises(BackendError, match="connection broke"):
+            await crm.bind_photo(best, upload_of(PNG_1x1, "unsure.png", "image/png"))
+    bound = sim.records["Contact"][best]["cPhotoId"]
+    assert bound in sim.attachments  # could not be checked: kept, so the contact's photo is whole
 
 
 async def test_upload_to_contact_goes_to_its_stream(crm: EspoCrmBackend, sim: EspoSimulator) -> None:
