@@ -240,6 +240,13 @@ async def test_malformed_ids_are_refused_before_any_request(crm: WelloBackend, s
     with pytest.raises(InvalidInputError, match="not a valid id"):
         await crm.get_contact_photo(bad)
     with pytest.raises(InvalidInputError, match="not a valid id"):
+        async with crm.open_contact_photo(bad):
+            pass
+    with pytest.raises(InvalidInputError, match="not a valid id"):
+        await crm.upload_attachment("contact", bad, upload(b"x"))
+    with pytest.raises(InvalidInputError, match="not a valid id"):
+        await crm.upload_attachment("account", bad, upload(b"x"))
+    with pytest.raises(InvalidInputError, match="not a valid id"):
         await crm.upload_attachment("case", bad, upload(b"x"))
     with pytest.raises(InvalidInputError, match="not a valid id"):
         await crm.bind_photo(bad, upload(PNG, "p.png", "image/png"))
