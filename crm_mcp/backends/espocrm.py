@@ -434,6 +434,12 @@ class EspoCrmBackend:
         detail = _body_detail(response)
         said = detail if reason and detail.startswith(reason) else "; ".join(part for part in (reason, detail) if part)
         where = f"EspoCRM backend '{self.name}'"
+        if status == 401 and reason == "second-step-required":
+            return AuthenticationError(
+                f"{where}: user '{self.settings.username}' has two-step verification, which a program cannot "
+                "pass (HTTP 401). Use an API user instead (Administration → API Users; api_key, or api_key + "
+                "secret_key for HMAC)."
+            )
         if status == 401:
             return AuthenticationError(
                 f"{where} rejected the credentials while trying to {what} (HTTP 401). Check api_key / secret_key "

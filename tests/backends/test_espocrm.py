@@ -133,6 +133,15 @@ async def test_basic_auth_and_check(sim: EspoSimulator, tmp_path: Path) -> None:
     assert "jane" in line and "Basic" in line and PASSWORD not in line
 
 
+async def test_two_step_verification_says_to_use_an_api_user(sim: EspoSimulator, tmp_path: Path) -> None:
+    sim.add_user(SimUser("otto", type="regular", auth_method=None, password="otto-pass", two_factor=True))
+    async with backend_for(sim, tmp_path, api_key=None, username="otto", password="otto-pass") as crm:
+        with pytest.raises(AuthenticationError, match=r"two-step verification.*API user") as caught:
+            await crm.check()
+    assert len(sim.requests) == 1 and "otto-pass" not in str(caught.value)
+    assert sim.failed_logins == []  # not a failed login: EspoCRM does not count it towards the lockout
+
+
 async def test_401_is_never_retried_and_names_the_backend(sim: EspoSimulator, tmp_path: Path) -> None:
     async with backend_for(sim, tmp_path, api_key="not-the-key") as crm:
         with pytest.raises(AuthenticationError) as caught:

@@ -117,6 +117,8 @@ class SimUser:
     api_key: str | None = None
     secret_key: str | None = None
     password: str | None = None
+    two_factor: bool = False
+    """A regular user with 2FA: username and password alone get 401 "second-step-required"."""
     id: str = _field(default_factory=lambda: secrets.token_hex(9)[:17])
 
     @property
@@ -366,6 +368,11 @@ class EspoSimulator:
         user = self._authenticate(request, path)
         if user is None:
             return Response(status_code=401)
+        if user.two_factor and not request.headers.get("espo-authorization-code"):
+            body = {"status": "secondStepRequired", "message": None, "view": "login-second-step", "token": None}
+            return JSONResponse(
+                {**body, "data": None}, status_code=401, headers={"X-Status-Reason": "second-step-required"}
+            )
         for fault in self.faults:
             if fault.times > 0 and fault.method == method and re.fullmatch(fault.path, path):
                 fault.times -= 1
