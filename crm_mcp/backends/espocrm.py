@@ -19,7 +19,12 @@ How EspoCRM keeps files, and what this module does about it:
   on for Case from 9.1), it goes along as `X-Version-Number`, so a write based on a list someone
   else changed meanwhile is refused (409) instead of unlinking their file; the case is then re-read
   and the link retried once. Links to one case from this process are serialised.
-  A failed link deletes the uploaded attachment, so nothing is left orphaned.
+  A link the CRM refused deletes the uploaded attachment, so nothing is left orphaned. A link whose
+  answer was lost (timeout, reset) or whose call was cancelled is checked by reading the record
+  again: linked means done (never undone, never reported as a failure that invites a duplicate).
+  The one thing no API user can clean up is an attachment whose `POST Attachment` answer was lost:
+  it is linked nowhere and listed nowhere (EspoCRM's cleanup job removes such orphans when
+  `cleanupOrphanAttachments` is on).
 - Contacts and accounts have no attachment field in core EspoCRM: files for them are posted to the
   record's stream as a Note (`parentType: Note`, field `attachments`), which works out of the box.
 - The contact photo is a custom image field (core Contact has none), named by
