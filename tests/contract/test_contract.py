@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import random
+import re
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,6 +33,7 @@ async def test_case_files_are_listed_and_readable(crm: Crm) -> None:
     assert len(files) >= 3
     assert len({file["mime_type"] for file in files}) >= 3
     for file in files:
+        assert re.fullmatch(r"[A-Za-z0-9._~-]+", file["file_id"]), "file ids use URI-unreserved characters only"
         if file["kind"] == "link":
             assert file["resource_uri"] is None
             continue
