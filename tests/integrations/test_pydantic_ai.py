@@ -65,17 +65,13 @@ async def test_read_file_result_describes_the_notes_file(run: tuple[Path, dict[s
     assert received["size"] == len(base64.b64decode(contents[0].blob))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pydantic-ai keeps only structuredContent when every content block is text, and read_file's "
-    "structuredContent (ReadFileResult) does not carry the text: the model never sees the file. Needs a "
-    "server change in read_file (text in ReadFileResult, or the text as an embedded text resource).",
-)
 async def test_the_agent_received_the_text_of_the_file(run: tuple[Path, dict[str, Any]]) -> None:
+    """pydantic-ai hands the model only structuredContent when every content block is text, so
+    read_file's structured result must carry the text itself."""
     home, output = run
     received = results(output)["read_file"]
     async with store(home) as client:
         contents = (await client.read_resource(received["resource_uri"])).contents
     notes = base64.b64decode(contents[0].blob).decode()
     assert "Thermal cut-off failed" in notes
-    assert notes in str(received)
+    assert received["text"] == notes
