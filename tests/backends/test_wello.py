@@ -270,6 +270,25 @@ async def test_listing_never_transfers_file_content(crm: WelloBackend, sim: Well
     assert sum(r.response_bytes for r in sim.requests) < 10_000
 
 
+async def test_wellos_defaults_instead_of_nulls_are_understood(crm: WelloBackend, sim: WelloSimulator) -> None:
+    """Wello stores no nulls: an unset text is "", an unset GUID all zeros, an unset date 1980-01-01."""
+    file_id = sim.add_file("jobs", simulator.JOB_PRINTER, "plain", "", b"abc", file_name=None, date_add=None)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sim), base_url="https://w.example/api/") as http:
+        auth = {"Authorization": "Basic " + base64.b64encode(b"api-user:s3cret:pass@word@acme").decode()}
+        row = (await http.get(f"DbFile({file_id})", headers=auth)).json()
+    assert (row["file_name"], row["mime_type"], row["description"]) == ("", "", "")
+    assert row["db_file_folder_id"] == simulator.EMPTY_GUID and row["date_add"].startswith("1980-01-01")
+    assert None not in row.values()
+    (entry,) = [
+        f
+        for f in (await crm.list_case_files(simulator.JOB_PRINTER, limit=50, cursor=None)).files
+        if f.file_id == file_id
+    ]
+    assert (entry.name, entry.mime_type, entry.size) == ("plain", "application/octet-stream", 3)
+    assert entry.created_at is not None and entry.created_at.year == 1980
+    assert await read(crm, file_id) == b"abc"
+
+
 async def test_archived_files_are_not_listed(crm: WelloBackend) -> None:
     ids = await listing(crm, simulator.JOB_PRINTER)
     assert simulator.FILE_ARCHIVED not in ids

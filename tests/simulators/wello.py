@@ -13,6 +13,8 @@ HandlingErrors, POST-api-DbFile, ResourceModel db_file):
   `PUT api/DbFile(id)`; DELETE is not documented and answers 405.
 - POST/PUT bodies are JSON (`application/json` or `text/json`, two of the documented request formats; XML is
   not simulated): any other `Content-Type` is a 415.
+- No nulls (LinkErp guide: "all fields have a default value"): unset fields are answered, filtered and sorted
+  as "", the empty GUID, 0, false or 1980-01-01; an archived file's content is flushed to an empty byte array.
 - Errors carry ASP.NET Web API bodies: `{"Message": ...}` and, for validation, `ModelState`.
 
 Assumptions (not in the documentation): entity sets `Jobs`, `Task`, `Contact`, `Company`; job and task
@@ -112,6 +114,18 @@ SCHEMAS: dict[str, dict[str, str]] = {
 TABLE_SETS = {"jobs": "Jobs", "task": "Task", "contact": "Contact", "company": "Company"}
 LINKABLE_TABLES = ("article", "company", "contact", "jobs", "job_approval", "project", "task")
 MAX_LENGTHS = {"name": 100, "file_name": 100, "mime_type": 100, "description": 4000}
+
+
+EMPTY_GUID = "00000000-0000-0000-0000-000000000000"
+DEFAULTS: dict[str, Any] = {_GUID: EMPTY_GUID, _STR: "", _INT: 0, _BOOL: False, _DATE: "1980-01-01T00:00:00"}
+"""Wello stores no nulls: "all fields have a default value (boolean=false, numeric=0, datetime=1980-1-1)"
+(LinkErp guide), and its answers show empty GUIDs and "" (HandlingErrors guide). What is unset here is
+answered, filtered and sorted as that default."""
+
+
+def value_of(row: dict[str, Any], name: str, kind: str) -> Any:
+    value = row.get(name)
+    return DEFAULTS.get(kind) if value is None else value
 
 
 class ODataError(Exception):
@@ -294,7 +308,7 @@ class _Parser:
         if word not in self.schema or self.schema[word] == "bytes":
             raise self.fail(f"Could not find a property named '{word}' on type 'db_file'.")
         kind = self.schema[word]
-        return (lambda row: row.get(word)), kind
+        return (lambda row: value_of(row, word, kind)), kind
 
     def call(self, function: str) -> tuple[Callable[[dict[str, Any]], Any], str]:
         if function not in _BOOL_FUNCS | _VALUE_FUNCS:
@@ -604,9 +618,7 @@ class WelloSimulator:
                 direction = direction.strip()
                 if name not in schema or direction not in ("", "asc", "desc"):
                     raise ODataError(400, f"The $orderby clause '{part}' is not valid.")
-                rows.sort(
-                    key=lambda row, n=name: (row.get(n) is not None, row.get(n) or ""), reverse=direction == "desc"
-                )
+                rows.sort(key=lambda row, n=name: value_of(row, n, schema[n]), reverse=direction == "desc")
         else:
             rows.sort(key=lambda row: row["id"])
         top = self._int_option(request, "$top")
@@ -629,12 +641,12 @@ class WelloSimulator:
 
     def _shape(self, entity_set: str, row: dict[str, Any], fields: list[str]) -> dict[str, Any]:
         out: dict[str, Any] = {}
+        schema = SCHEMAS[entity_set]
         for name in fields:
-            if name == "file_content":
-                data = self.contents.get(row["id"])
-                out[name] = None if data is None else base64.b64encode(data).decode("ascii")
+            if name == "file_content":  # an archived file's content is flushed: an empty byte array
+                out[name] = base64.b64encode(self.contents.get(row["id"], b"")).decode("ascii")
             else:
-                out[name] = row.get(name)
+                out[name] = value_of(row, name, schema[name])
         return out
 
     def _json(self, body: Any, status: int = 200) -> Response:
@@ -666,19 +678,16 @@ class WelloSimulator:
         head += (", " if before else "") + '"file_content": '
         tail = fix(json.dumps(self._shape("DbFile", row, after))[1:])
         tail = (", " + tail) if after else "}"
-        data = self.contents.get(row["id"])
+        data = self.contents.get(row["id"], b"")  # flushed (archived): an empty byte array, never null
         sent = 0
 
         def pieces() -> Iterator[bytes]:
             yield head.encode()
-            if data is None:
-                yield b"null"
-            else:
-                yield b'"'
-                step = 48 * 1024
-                for start in range(0, len(data), step):
-                    yield fix(base64.b64encode(data[start : start + step]).decode("ascii")).encode()
-                yield b'"'
+            yield b'"'
+            step = 48 * 1024
+            for start in range(0, len(data), step):
+                yield fix(base64.b64encode(data[start : start + step]).decode("ascii")).encode()
+            yield b'"'
             yield tail.encode()
 
         for piece in pieces():
