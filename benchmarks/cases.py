@@ -1,0 +1,517 @@
+"""The six cases of the issue, each measured against its baseline in the same run.
+
+Every case takes a prepared `Workspace` (a backend with its data) and returns `Figure`s. Servers
+run as child processes (`python -m crm_mcp serve`), spoken to by the minimal clients of `rpc`;
+their memory is read from /proc. Blocking pipe reads run in a worker thread; the clock runs inside
+the client, so the thread hop is not timed.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import httpx
+
+from benchmarks.figures import TIMES, Figure, Series
+from benchmarks.procmem import MiB, memory, reset_peak
+from benchmarks.recording import Exchange, UploadReplay, replay, replay_all, replay_client
+from benchmarks.rpc import HttpPeer, RpcError, StdioPeer
+from benchmarks.workspace import LISTED_FILES, Workspace, random_file, server_argv
+
+__all__ = [
+    "CASES",
+    "Sizes",
+    "case_concurrency",
+    "case_download",
+    "case_listing",
+    "case_save_and_upload",
+    "case_startup",
+]
+
+MINIMAL_SERVER = Path(__file__).with_name("minimal_server.py")
+COPY_PIECE = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Sizes:
+    download: int
+    big: int
+    runs: int
+    big_runs: int
+    listing_runs: int
+    startup_runs: int
+    concurrency: int = 64
+    latency: float = 0.05
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+async def _start(argv: list[str], ws: Workspace, log_name: str) -> StdioPeer:
+    return await anyio.to_thread.run_sync(
+        lambda: StdioPeer(argv, env=ws.env, cwd=ws.scratch, stderr_path=ws.scratch / f"{log_name}.log")
+    )
+
+
+async def _call(peer: StdioPeer, method: str, params: dict[str, Any] | None = None) -> tuple[float, dict[str, Any]]:
+    return await anyio.to_thread.run_sync(lambda: peer.call(method, params))
+
+
+async def _tool(peer: StdioPeer, name: str, **arguments: Any) -> tuple[float, dict[str, Any]]:
+    return await _call(peer, "tools/call", {"name": name, "arguments": arguments})
+
+
+def _blob(result: dict[str, Any]) -> bytes:
+    return base64.b64decode(result["contents"][0]["blob"])
+
+
+def _copy_synced(source: Path, target: Path) -> float:
+    """The raw floor for the local store: stream a file to disk in 1 MiB pieces, then fsync."""
+    start = time.perf_counter()
+    with source.open("rb") as reader, target.open("wb") as writer:
+        while piece := reader.read(COPY_PIECE):
+            writer.write(piece)
+        writer.flush()
+        os.fsync(writer.fileno())
+    return time.perf_counter() - start
+
+
+async def _stream_to_disk(exchange: Exchange, target: Path) -> float:
+    """The raw floor for a vendor: the recorded download request, its answer streamed to a file, fsync."""
+    start = time.perf_counter()
+    with target.open("wb") as writer:
+        async with replay_client() as client:
+            await replay(client, exchange, sink=writer.write)
+        writer.flush()
+        os.fsync(writer.fileno())
+    return time.perf_counter() - start
+
+
+def _download_exchange(exchanges: list[Exchange], size: int) -> Exchange:
+    return max(exchanges, key=lambda exchange: exchange.response_size)
+
+
+def _ratio_figure(case: str, ws: Workspace, what: str, ratios: list[float], **options: Any) -> Figure:
+    return Figure(case=case, backend=ws.name, what=what, series=Series.of(ratios), unit="x", **options)
+
+
+def _seconds(values: list[float]) -> str:
+    return f"{statistics.median(values):.3f} s"
+
+
+# ------------------------------------------------------------------------- 1. download (stdio)
+
+
+async def _fetch_spec(ws: Workspace, file_id: str, size: int) -> tuple[Path, Exchange | None]:
+    """What the minimal server fetches: the request crm-mcp's backend made for the bytes, or the
+    local store's file. Returns the spec file and the exchange (None for local)."""
+    exchange = None
+    if ws.simulator is not None:
+        exchanges, _ = await ws.recorded_download(file_id)
+        exchange = _download_exchange(exchanges, size)
+        spec: dict[str, Any] = {
+            "kind": "http",
+            "method": exchange.method,
+            "url": exchange.url,
+            "headers": exchange.headers,
+            "body_path": str(exchange.body_path) if exchange.body_path else None,
+            "decode": "raw" if exchange.response_size == size else "base64-run",
+        }
+    else:
+        stored = ws.store / "files" / file_id
+        if not await anyio.Path(stored).is_file():
+            raise RuntimeError(f"local store layout changed: {stored} is missing")
+        spec = {"kind": "file", "path": str(stored)}
+    spec_path = anyio.Path(ws.scratch / "fetch-spec.json")
+    await spec_path.write_text(json.dumps(spec))
+    return Path(spec_path), exchange
+
+
+async def _raw_download(client: httpx.AsyncClient, ws: Workspace, exchange: Exchange | None, path: Path) -> float:
+    if exchange is None:
+        start = time.perf_counter()
+        await anyio.Path(path).read_bytes()
+        return time.perf_counter() - start
+    elapsed, status, _ = await replay(client, exchange)
+    if status != 200:
+        raise RuntimeError(f"{ws.name}: raw download answered {status}")
+    return elapsed
+
+
+async def case_download(ws: Workspace, sizes: Sizes) -> list[Figure]:
+    payload = random_file(ws.scratch / "download.bin", sizes.download)
+    digest = hashlib.sha256(await anyio.Path(payload).read_bytes()).hexdigest()
+    entry = await ws.upload("download.bin", payload)
+    uri = ws.uri(entry.file_id)
+    spec_path, exchange = await _fetch_spec(ws, entry.file_id, sizes.download)
+    stored = ws.store / "files" / entry.file_id
+
+    server = await _start(server_argv(ws.config), ws, "crm-mcp-download")
+    minimal = await _start([sys.executable, str(MINIMAL_SERVER), str(spec_path)], ws, "minimal-download")
+    times_mcp: list[float] = []
+    times_min: list[float] = []
+    times_raw: list[float] = []
+    peaks: list[float] = []
+    minimal_peaks: list[float] = []
+    try:
+        for warm in (server, minimal):  # imports, connections, login: not what this case measures
+            _, result = await _call(warm, "resources/read", {"uri": uri if warm is server else "bench://payload"})
+            data = _blob(result)
+            if hashlib.sha256(data).hexdigest() != digest:
+                raise RuntimeError(f"{ws.name}: resources/read returned {len(data)} bytes that differ from the file")
+        idle = memory(server.pid).rss / MiB
+        minimal_idle = memory(minimal.pid).rss / MiB
+        async with replay_client() as client:
+            for _ in range(sizes.runs):
+                reset_peak(server.pid)
+                elapsed, result = await _call(server, "resources/read", {"uri": uri})
+                peaks.append(memory(server.pid).peak / MiB)
+                if len(_blob(result)) != sizes.download:
+                    raise RuntimeError(f"{ws.name}: resources/read returned the wrong size")
+                times_mcp.append(elapsed)
+                reset_peak(minimal.pid)
+                elapsed, _ = await _call(minimal, "resources/read", {"uri": "bench://payload"})
+                minimal_peaks.append(memory(minimal.pid).peak / MiB)
+                times_min.append(elapsed)
+                times_raw.append(await _raw_download(client, ws, exchange, stored))
+    finally:
+        await anyio.to_thread.run_sync(server.close)
+        await anyio.to_thread.run_sync(minimal.close)
+
+    mib = sizes.download / MiB
+    detail = (
+        f"crm-mcp {_seconds(times_mcp)}, minimal MCPServer {_seconds(times_min)}, "
+        f"raw {'httpx' if ws.simulator else 'file read'} {_seconds(times_raw)} for {mib:.0f} MiB"
+    )
+    return [
+        _ratio_figure(
+            "1",
+            ws,
+            "resources/read time ÷ minimal MCPServer",
+            [m / b for m, b in zip(times_mcp, times_min, strict=True)],
+            bound="max",
+            limit=1.25,
+            detail=detail,
+        ),
+        _ratio_figure(
+            "1",
+            ws,
+            "resources/read speed ÷ raw download",
+            [r / m for m, r in zip(times_mcp, times_raw, strict=True)],
+            bound=None,
+        ),
+        Figure(
+            case="1",
+            backend=ws.name,
+            what="server peak RSS",
+            series=Series.of(peaks),
+            unit="MiB",
+            bound="max",
+            limit=2.5 * mib + 60,
+            judge="worst",
+            detail=f"limit = 2.5 {TIMES} {mib:.0f} MiB + 60 MiB; idle (after one read) {idle:.0f} MiB",
+        ),
+        Figure(
+            case="1",
+            backend=ws.name,
+            what="minimal MCPServer peak RSS (for scale)",
+            series=Series.of(minimal_peaks),
+            unit="MiB",
+            bound=None,
+            detail=f"idle (after one read) {minimal_idle:.0f} MiB",
+        ),
+    ]
+
+
+# ------------------------------------------------------------- 2 and 3. save_file, upload_attachment
+
+
+async def case_save_and_upload(ws: Workspace, sizes: Sizes) -> list[Figure]:
+    """Both 200 MiB cases share one server (measured against its idle RSS before each call) and
+    one recorded upload, whose file is also the one `save_file` downloads."""
+    big = random_file(ws.scratch / "files" / "big.bin", sizes.big)
+    small = random_file(ws.scratch / "files" / "small.bin", 64 * 1024)
+    upload_exchanges, entry = await ws.recorded_upload("big-recorded.bin", big)
+    small_entry = await ws.upload("small.bin", small)
+    uri = ws.uri(entry.file_id)
+    if ws.simulator is not None:
+        download_exchanges, _ = await ws.recorded_download(entry.file_id)
+        download = _download_exchange(download_exchanges, sizes.big)
+        plan = UploadReplay.of(upload_exchanges)
+    out = ws.files_root / "out"
+    out.mkdir(exist_ok=True)
+
+    server = await _start(server_argv(ws.config), ws, "crm-mcp-big")
+    save = {"mcp": [], "raw": [], "growth": []}
+    up = {"mcp": [], "raw": [], "growth": []}
+    try:
+        # Warm-up with a small file: imports and the backend's login are idle cost, not transfer cost.
+        await _tool(server, "save_file", resource_uri=ws.uri(small_entry.file_id), path=str(out / "warm.bin"))
+        await _tool(server, "upload_attachment", record_id=ws.case_id, file_name="warm.bin", path=str(small))
+        for run in range(sizes.big_runs):
+            target = out / f"saved-{run}.bin"
+            growth, elapsed, result = await _measured(
+                server, "save_file", resource_uri=uri, path=str(target), overwrite=True
+            )
+            if result["structuredContent"]["size"] != sizes.big:
+                raise RuntimeError(f"{ws.name}: save_file wrote the wrong size")
+            save["mcp"].append(elapsed)
+            save["growth"].append(growth)
+            target.unlink()
+            raw_target = out / f"raw-{run}.bin"
+            if ws.simulator is not None:
+                save["raw"].append(await _stream_to_disk(download, raw_target))
+            else:
+                save["raw"].append(await anyio.to_thread.run_sync(_copy_synced, big, raw_target))
+            raw_target.unlink()
+
+            growth, elapsed, result = await _measured(
+                server, "upload_attachment", record_id=ws.case_id, file_name=f"big-{run}.bin", path=str(big)
+            )
+            if result["structuredContent"]["size"] != sizes.big:
+                raise RuntimeError(f"{ws.name}: upload_attachment stored the wrong size")
+            up["mcp"].append(elapsed)
+            up["growth"].append(growth)
+            if ws.simulator is not None:
+                async with replay_client() as client:
+                    up["raw"].append(await plan.run(client))
+            else:
+                raw_target = ws.store / "tmp" / f"raw-upload-{run}.bin"
+                up["raw"].append(await anyio.to_thread.run_sync(_copy_synced, big, raw_target))
+                raw_target.unlink()
+    finally:
+        await anyio.to_thread.run_sync(server.close)
+        shutil.rmtree(out, ignore_errors=True)
+
+    mib = sizes.big / MiB
+    raw_name = "raw httpx to disk" if ws.simulator else "raw file copy"
+    upload_raw = "raw httpx upload of the same body" if ws.simulator else "raw file copy"
+    return [
+        _ratio_figure(
+            "2",
+            ws,
+            f"save_file throughput ÷ {raw_name}",
+            [r / m for m, r in zip(save["mcp"], save["raw"], strict=True)],
+            bound="min",
+            limit=0.7,
+            detail=f"crm-mcp {_seconds(save['mcp'])}, {raw_name} {_seconds(save['raw'])} for {mib:.0f} MiB",
+        ),
+        Figure(
+            case="2",
+            backend=ws.name,
+            what="save_file: server peak RSS above idle",
+            series=Series.of(save["growth"]),
+            unit="MiB",
+            bound="max",
+            limit=64,
+            judge="worst",
+        ),
+        _ratio_figure(
+            "3",
+            ws,
+            f"upload_attachment throughput ÷ {upload_raw}",
+            [r / m for m, r in zip(up["mcp"], up["raw"], strict=True)],
+            bound="min",
+            limit=0.6,
+            detail=f"crm-mcp {_seconds(up['mcp'])}, {upload_raw} {_seconds(up['raw'])} for {mib:.0f} MiB",
+        ),
+        Figure(
+            case="3",
+            backend=ws.name,
+            what="upload_attachment: server peak RSS above idle",
+            series=Series.of(up["growth"]),
+            unit="MiB",
+            bound="max",
+            limit=64,
+            judge="worst",
+        ),
+    ]
+
+
+async def _measured(peer: StdioPeer, tool: str, **arguments: Any) -> tuple[float, float, dict[str, Any]]:
+    """(peak RSS growth over the idle RSS just before the call in MiB, seconds, result)."""
+    idle = memory(peer.pid).rss
+    reset_peak(peer.pid)
+    elapsed, result = await _tool(peer, tool, **arguments)
+    return (memory(peer.pid).peak - idle) / MiB, elapsed, result
+
+
+# ------------------------------------------------------------------------- 4. call overhead
+
+
+async def case_listing(ws: Workspace, sizes: Sizes) -> list[Figure]:
+    exchanges = await ws.recorded_listing() if ws.simulator is not None else []
+    server = await _start(server_argv(ws.config), ws, "crm-mcp-listing")
+    times_mcp: list[float] = []
+    times_base: list[float] = []
+    try:
+        async with replay_client() as client:
+            for run in range(sizes.listing_runs + 2):  # two warm-up rounds
+                elapsed, result = await _tool(server, "list_case_files", case_id=ws.case_id, limit=LISTED_FILES)
+                if len(result["structuredContent"]["files"]) != LISTED_FILES:
+                    raise RuntimeError(f"{ws.name}: list_case_files did not list {LISTED_FILES} files")
+                if ws.simulator is not None:
+                    base = await replay_all(client, exchanges)
+                else:
+                    start = time.perf_counter()
+                    await ws.backend.list_case_files(ws.case_id, limit=LISTED_FILES, cursor=None)
+                    base = time.perf_counter() - start
+                if run >= 2:
+                    times_mcp.append(elapsed)
+                    times_base.append(base)
+    finally:
+        await anyio.to_thread.run_sync(server.close)
+    requests = len(exchanges)
+    baseline = f"replay of its {requests} HTTP request(s)" if ws.simulator else "the backend called in-process"
+    return [
+        _ratio_figure(
+            "4",
+            ws,
+            f"list_case_files ({LISTED_FILES} files) over stdio ÷ {baseline}",
+            [m / b for m, b in zip(times_mcp, times_base, strict=True)],
+            bound="max" if ws.simulator else None,
+            limit=2.0,
+            detail=f"crm-mcp {_seconds(times_mcp)}, baseline {_seconds(times_base)}",
+            note="" if ws.simulator else "no HTTP calls to compare with (a SQLite query); reported for scale",
+        )
+    ]
+
+
+# ----------------------------------------------------------------- 5. concurrency over HTTP
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def case_concurrency(ws: Workspace, sizes: Sizes) -> list[Figure]:
+    port = _free_port()
+    log = (ws.scratch / "crm-mcp-http.log").open("ab")
+    argv = server_argv(ws.config, "--transport", "http", "--port", str(port))
+    process = await anyio.to_thread.run_sync(
+        lambda: subprocess.Popen(argv, env=ws.env, cwd=ws.scratch, stdout=log, stderr=log)
+    )
+    peer = HttpPeer(f"http://127.0.0.1:{port}/mcp", connections=sizes.concurrency * 2)
+    singles: list[float] = []
+    bursts: list[float] = []
+    ratios: list[float] = []
+
+    async def one(client: HttpPeer) -> float:
+        elapsed, result = await client.call(
+            "tools/call", {"name": "list_case_files", "arguments": {"case_id": ws.case_id, "limit": LISTED_FILES}}
+        )
+        if len(result["structuredContent"]["files"]) != LISTED_FILES:
+            raise RuntimeError(f"{ws.name}: list_case_files over HTTP did not list {LISTED_FILES} files")
+        return elapsed
+
+    try:
+        await _wait_http(peer, process)
+        if ws.simulator is not None:
+            await anyio.to_thread.run_sync(ws.simulator.set_latency, sizes.latency)
+        for _ in range(2):
+            await one(peer)
+        for _ in range(sizes.runs):
+            single = statistics.median([await one(peer) for _ in range(3)])
+            # A fresh client per burst: no keep-alive connection the server may be closing meanwhile.
+            burst_peer = HttpPeer(peer.url, connections=sizes.concurrency * 2)
+            try:
+                start = time.perf_counter()
+                async with anyio.create_task_group() as tasks:
+                    for _ in range(sizes.concurrency):
+                        tasks.start_soon(one, burst_peer)
+                burst = time.perf_counter() - start
+            finally:
+                await burst_peer.aclose()
+            singles.append(single)
+            bursts.append(burst)
+            ratios.append(burst / single)
+    finally:
+        if ws.simulator is not None:
+            await anyio.to_thread.run_sync(ws.simulator.set_latency, 0.0)
+        await peer.aclose()
+        process.terminate()
+        await anyio.to_thread.run_sync(process.wait)
+        log.close()
+    latency = f"{sizes.latency * 1000:.0f} ms per CRM request" if ws.simulator else "no CRM latency (local store)"
+    return [
+        _ratio_figure(
+            "5",
+            ws,
+            f"{sizes.concurrency} concurrent list_case_files over HTTP ÷ one call",
+            ratios,
+            bound="max" if ws.simulator else None,
+            limit=3.0,
+            detail=f"one call {_seconds(singles)}, {sizes.concurrency} at once {_seconds(bursts)}; {latency}",
+            note="" if ws.simulator else "the target assumes CRM latency to overlap; the local store has none",
+        )
+    ]
+
+
+async def _wait_http(peer: HttpPeer, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"crm-mcp serve --transport http exited with {process.returncode}")
+        try:
+            await peer.call("tools/list")
+            return
+        except (RpcError, OSError, Exception) as exc:  # connection refused until uvicorn listens
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"crm-mcp HTTP server did not answer: {exc}") from exc
+            await anyio.sleep(0.05)
+
+
+# ------------------------------------------------------------------------------ 6. start-up
+
+
+async def case_startup(ws: Workspace, sizes: Sizes) -> list[Figure]:
+    ours: list[float] = []
+    minimal: list[float] = []
+    for _ in range(sizes.startup_runs):
+        ours.append(await anyio.to_thread.run_sync(_startup, server_argv(ws.config), ws))
+        minimal.append(await anyio.to_thread.run_sync(_startup, [sys.executable, str(MINIMAL_SERVER)], ws))
+    return [
+        _ratio_figure(
+            "6",
+            ws,
+            "crm-mcp serve → first tools/list ÷ minimal MCPServer",
+            [o / m for o, m in zip(ours, minimal, strict=True)],
+            bound="max",
+            limit=1.5,
+            detail=f"crm-mcp {_seconds(ours)}, minimal MCPServer {_seconds(minimal)}",
+        )
+    ]
+
+
+def _startup(argv: list[str], ws: Workspace) -> float:
+    start = time.perf_counter()
+    with StdioPeer(argv, env=ws.env, cwd=ws.scratch, stderr_path=ws.scratch / "startup.log") as peer:
+        peer.call("tools/list")
+        return time.perf_counter() - start
+
+
+CASES: dict[str, Callable[[Workspace, Sizes], Any]] = {
+    "download": case_download,
+    "listing": case_listing,
+    "concurrency": case_concurrency,
+    "startup": case_startup,
+    "transfers": case_save_and_upload,
+}

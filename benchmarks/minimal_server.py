@@ -1,0 +1,66 @@
+"""The baseline server: a minimal `MCPServer` (mcp 2.3.0) with one tool, `ping`.
+
+Given a fetch spec (a JSON file, first argument), it also serves the resource `bench://payload`:
+the same bytes crm-mcp serves, fetched from the same simulator with one httpx request (the one
+crm-mcp's backend itself made for the bytes, replayed) and returned whole — the least work any
+MCP server can do for that file, so the gap to crm-mcp is what crm-mcp adds.
+
+Where the vendor wraps the file in base64 (Wello's JSON `file_content`, SuperOffice's SOAP
+`base64Binary`), the one base64 run in the answer is decoded; for the local backend the bytes are
+read from the store's file. Nothing is imported beyond what the SDK needs until a read arrives.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from mcp.server.mcpserver import MCPServer
+
+server = MCPServer("minimal")
+
+
+@server.tool()
+def ping() -> str:
+    """Answer "pong"."""
+    return "pong"
+
+
+def _add_payload(spec: dict[str, Any]) -> None:
+    clients: list[Any] = []  # one httpx client, made at the first read and kept (its pool stays warm)
+
+    @server.resource("bench://payload", mime_type="application/octet-stream")
+    async def payload() -> bytes:
+        if spec["kind"] == "file":
+            import anyio
+
+            return await anyio.Path(spec["path"]).read_bytes()
+        import httpx
+
+        if not clients:
+            clients.append(httpx.AsyncClient(timeout=300))
+        headers = [(key, value) for key, value in spec["headers"] if key.lower() not in ("host", "content-length")]
+        body = await anyio_read(spec["body_path"]) if spec.get("body_path") else None
+        response = await clients[0].request(spec["method"], spec["url"], headers=headers, content=body)
+        data = response.content
+        if spec["decode"] == "base64-run":
+            import base64
+            import re
+
+            run = max(re.findall(rb"[A-Za-z0-9+/]{64,}={0,2}", data), key=len)
+            data = base64.b64decode(run)
+        return data
+
+
+async def anyio_read(path: str) -> bytes:
+    import anyio
+
+    return await anyio.Path(path).read_bytes()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1:
+        _add_payload(json.loads(Path(sys.argv[1]).read_text()))
+    server.run()
