@@ -45,7 +45,9 @@ def scripted_model(messages: list[ModelMessage], info: AgentInfo) -> ModelRespon
         notes = next(line for line in text.splitlines() if line.startswith("- technician-notes.txt"))
         uri = next(uri for uri in uris if uri in notes)
         return ModelResponse(parts=[ToolCallPart("read_file", {"resource_uri": uri})])
-    return ModelResponse(parts=[TextPart(f"Read {last.content['name']} ({last.content['size']} bytes).")])
+    # read_file gives a text file's text in its structured result, which is what pydantic-ai passes on.
+    action = next(line for line in last.content["text"].splitlines() if line.startswith("Action:"))
+    return ModelResponse(parts=[TextPart(f"{last.content['name']} says: {action}")])
 
 
 async def main() -> None:

@@ -31,8 +31,9 @@ def results(output: dict[str, Any]) -> dict[str, Any]:
 def test_the_agent_called_find_list_read_in_order(run: tuple[Path, dict[str, Any]]) -> None:
     _, output = run
     assert [entry["tool"] for entry in output["tool_results"]] == ["find_records", "list_case_files", "read_file"]
-    size = output["tool_results"][2]["content"]["size"]
-    assert output["output"] == f"Read technician-notes.txt ({size} bytes)."
+    text = output["tool_results"][2]["content"]["text"]
+    action = next(line for line in text.splitlines() if line.startswith("Action:"))
+    assert output["output"] == f"technician-notes.txt says: {action}"
 
 
 async def test_find_records_result_is_the_structured_content(run: tuple[Path, dict[str, Any]]) -> None:
