@@ -228,8 +228,10 @@ def _mime(row: Mapping[str, Any]) -> str:
 
 
 def _size(row: Mapping[str, Any]) -> int | None:
+    """`file_size`, or None when unknown. Wello stores no nulls (an unset number is 0), so 0 is "unknown"
+    too: a file that is really empty is then listed without a size, never a file with bytes as empty."""
     value = row.get("file_size")
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def _is_live(row: Mapping[str, Any]) -> bool:
@@ -693,7 +695,7 @@ class WelloBackend:
             raise self._network_error(exc, doing) from exc
         try:
             await self._raise_for(response, doing, f"file {file_id} was not found on backend '{self.name}'")
-            expected = size if size else None
+            expected = size
             chunks = self._decode(response, name, expected)
             try:
                 yield Download(name=name, mime_type=_mime(row), size=expected, chunks=chunks)

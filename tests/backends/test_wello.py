@@ -287,6 +287,13 @@ async def test_wellos_defaults_instead_of_nulls_are_understood(crm: WelloBackend
     assert (entry.name, entry.mime_type, entry.size) == ("plain", "application/octet-stream", 3)
     assert entry.created_at is not None and entry.created_at.year == 1980
     assert await read(crm, file_id) == b"abc"
+    # An unset file_size is 0 on Wello: that is "unknown", not "empty".
+    unsized = sim.add_file("jobs", simulator.JOB_PRINTER, "unsized.txt", "text/plain", b"12345", file_size=None)
+    listed = {f.file_id: f for f in (await crm.list_case_files(simulator.JOB_PRINTER, limit=50, cursor=None)).files}
+    assert listed[unsized].size is None
+    async with crm.open_file(unsized) as download:
+        assert download.size is None
+        assert b"".join([chunk async for chunk in download.chunks]) == b"12345"
 
 
 async def test_archived_files_are_not_listed(crm: WelloBackend) -> None:
