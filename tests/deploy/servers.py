@@ -92,13 +92,17 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def http_servers(home: Path, workdir: Path, count: int = 1, args: Sequence[str] = ()) -> Iterator[list[HttpServer]]:
-    """`count` servers on one CRM_MCP_HOME, started at the same moment (so a shared local store sees a
-    concurrent first start), each healthy before the block runs; all stopped afterwards."""
+def http_servers(
+    home: Path, workdir: Path, count: int = 1, args: Sequence[str] = (), token: str | None = None
+) -> Iterator[list[HttpServer]]:
+    """`count` servers on one CRM_MCP_HOME (with `token`, if given, as CRM_MCP_TOKEN), started at the
+    same moment (so a shared local store sees a concurrent first start), each healthy before the block
+    runs; all stopped afterwards."""
+    env = server_env(home, **({"CRM_MCP_TOKEN": token} if token else {}))
     servers: list[HttpServer] = []
     try:
         for _ in range(count):
-            servers.append(start_http_server(home, workdir, *args))
+            servers.append(start_http_server(home, workdir, *args, env=env))
         for server in servers:
             wait_healthy(server)
         yield servers
