@@ -24,6 +24,7 @@ from pydantic import AnyUrl, ValidationError
 
 from crm_mcp import __version__, resources
 from crm_mcp.app import CrmApp, open_app
+from crm_mcp.completions import register_completions
 from crm_mcp.config import Settings
 from crm_mcp.errors import CrmError, NotFoundError
 from crm_mcp.progress import ThrottledProgress
@@ -155,4 +156,5 @@ def build_server(settings: Settings, *, transport: httpx.AsyncBaseTransport | No
     )
     register_tools(server)
     register_prompts(server)
+    register_completions(server)
     return server
