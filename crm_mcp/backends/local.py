@@ -122,7 +122,7 @@ class LocalSettings(BackendSettings):
 
     vendor: Literal["local"]
     path: str | None = None
-    """Store folder (`~` expanded); default: `<crm-mcp home>/<backend name>`."""
+    """Store folder (`~` expanded; relative to the crm-mcp home); default: `<crm-mcp home>/<backend name>`."""
     demo_data: bool = True
     """Seed the demo data set into a store that has no records yet."""
 
@@ -390,7 +390,9 @@ class LocalBackend:
         self.name = name
         self.settings = settings
         self.context = context
-        self.path = Path(settings.path).expanduser() if settings.path else context.home / name
+        # A relative path is taken inside the crm-mcp home, not the working directory: clients start
+        # servers in whatever directory they like, and the store must not move with it.
+        self.path = context.home / Path(settings.path).expanduser() if settings.path else context.home / name
         self._files_dir = self.path / "files"
         self._photos_dir = self.path / "photos"
         self._tmp_dir = self.path / "tmp"

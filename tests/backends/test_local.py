@@ -579,6 +579,16 @@ def test_tilde_in_path_is_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert backend.path == tmp_path / "crm"
 
 
+def test_relative_path_is_inside_the_home_not_the_working_directory(tmp_path: Path) -> None:
+    backend = LocalBackend("x", LocalSettings(vendor="local", path="stores/a"), BackendContext(tmp_path, 1))
+    assert backend.path == tmp_path / "stores" / "a"
+
+
+def test_absolute_path_is_kept(tmp_path: Path) -> None:
+    backend = LocalBackend("x", LocalSettings(vendor="local", path=str(tmp_path / "s")), BackendContext(Path("/h"), 1))
+    assert backend.path == tmp_path / "s"
+
+
 def test_settings_refuse_unknown_keys() -> None:
     with pytest.raises(ValidationError):
         LocalSettings.model_validate({"vendor": "local", "colour": "red"})
