@@ -28,7 +28,7 @@ import anyio.to_thread
 import httpx
 
 from benchmarks.figures import TIMES, Figure, Series
-from benchmarks.procmem import MiB, memory, reset_peak
+from benchmarks.procmem import MiB, cpu_seconds, memory, reset_peak
 from benchmarks.recording import Exchange, UploadReplay, replay, replay_all, replay_client
 from benchmarks.rpc import HttpPeer, RpcError, StdioPeer
 from benchmarks.workspace import LISTED_FILES, Workspace, random_file, server_argv
@@ -55,6 +55,7 @@ class Sizes:
     big_runs: int
     listing_runs: int
     startup_runs: int
+    concurrency_runs: int
     concurrency: int = 64
     latency: float = 0.05
 
@@ -169,6 +170,9 @@ async def case_download(ws: Workspace, sizes: Sizes) -> list[Figure]:
     peaks: list[float] = []
     minimal_peaks: list[float] = []
     try:
+        for peer in (server, minimal):
+            await _call(peer, "tools/list")
+        fresh, minimal_fresh = memory(server.pid).rss / MiB, memory(minimal.pid).rss / MiB
         for warm in (server, minimal):  # imports, connections, login: not what this case measures
             _, result = await _call(warm, "resources/read", {"uri": uri if warm is server else "bench://payload"})
             data = _blob(result)
@@ -224,7 +228,7 @@ async def case_download(ws: Workspace, sizes: Sizes) -> list[Figure]:
             bound="max",
             limit=2.5 * mib + 60,
             judge="worst",
-            detail=f"limit = 2.5 {TIMES} {mib:.0f} MiB + 60 MiB; idle (after one read) {idle:.0f} MiB",
+            detail=f"limit = 2.5 {TIMES} {mib:.0f} MiB + 60 MiB; idle {fresh:.0f} MiB, after one read {idle:.0f} MiB",
         ),
         Figure(
             case="1",
@@ -233,7 +237,7 @@ async def case_download(ws: Workspace, sizes: Sizes) -> list[Figure]:
             series=Series.of(minimal_peaks),
             unit="MiB",
             bound=None,
-            detail=f"idle (after one read) {minimal_idle:.0f} MiB",
+            detail=f"idle {minimal_fresh:.0f} MiB, after one read {minimal_idle:.0f} MiB",
         ),
     ]
 
@@ -413,6 +417,8 @@ async def case_concurrency(ws: Workspace, sizes: Sizes) -> list[Figure]:
     singles: list[float] = []
     bursts: list[float] = []
     ratios: list[float] = []
+    cpu_server: list[float] = []
+    cpu_crm: list[float] = []
 
     async def one(client: HttpPeer) -> float:
         elapsed, result = await client.call(
@@ -428,10 +434,12 @@ async def case_concurrency(ws: Workspace, sizes: Sizes) -> list[Figure]:
             await anyio.to_thread.run_sync(ws.simulator.set_latency, sizes.latency)
         for _ in range(2):
             await one(peer)
-        for _ in range(sizes.runs):
+        for _ in range(sizes.concurrency_runs):
             single = statistics.median([await one(peer) for _ in range(3)])
             # A fresh client per burst: no keep-alive connection the server may be closing meanwhile.
             burst_peer = HttpPeer(peer.url, connections=sizes.concurrency * 2)
+            cpu_before = cpu_seconds(process.pid)
+            crm_before = cpu_seconds(ws.simulator.pid) if ws.simulator is not None else 0.0
             try:
                 start = time.perf_counter()
                 async with anyio.create_task_group() as tasks:
@@ -440,6 +448,9 @@ async def case_concurrency(ws: Workspace, sizes: Sizes) -> list[Figure]:
                 burst = time.perf_counter() - start
             finally:
                 await burst_peer.aclose()
+            cpu_server.append((cpu_seconds(process.pid) - cpu_before) / sizes.concurrency)
+            if ws.simulator is not None:
+                cpu_crm.append((cpu_seconds(ws.simulator.pid) - crm_before) / sizes.concurrency)
             singles.append(single)
             bursts.append(burst)
             ratios.append(burst / single)
@@ -459,7 +470,9 @@ async def case_concurrency(ws: Workspace, sizes: Sizes) -> list[Figure]:
             ratios,
             bound="max" if ws.simulator else None,
             limit=3.0,
-            detail=f"one call {_seconds(singles)}, {sizes.concurrency} at once {_seconds(bursts)}; {latency}",
+            detail=f"one call {_seconds(singles)}, {sizes.concurrency} at once {_seconds(bursts)}; {latency}; "
+            f"CPU per call: server {statistics.median(cpu_server) * 1000:.0f} ms"
+            + (f", simulated CRM {statistics.median(cpu_crm) * 1000:.0f} ms" if cpu_crm else ""),
             note="" if ws.simulator else "the target assumes CRM latency to overlap; the local store has none",
         )
     ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 __all__ = ["DASH", "TIMES", "Figure", "Series"]
@@ -55,7 +55,8 @@ class Figure:
     """Judge the median run, or the worst run (memory: every run must stay under the limit)."""
     detail: str = ""
     note: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
+    error: str = ""
+    """The case failed before this figure could be measured (what went wrong)."""
 
     @property
     def judged(self) -> float:
@@ -63,8 +64,16 @@ class Figure:
             return self.series.median
         return self.series.high if self.bound == "max" else self.series.low
 
+    @classmethod
+    def failed(cls, case: str, backend: str, error: str) -> Figure:
+        return cls(
+            case=case, backend=backend, what="(case failed)", series=Series.of([0.0]), unit="x", bound=None, error=error
+        )
+
     @property
     def met(self) -> bool | None:
+        if self.error:
+            return False
         if self.bound is None:
             return None
         return self.judged <= self.limit if self.bound == "max" else self.judged >= self.limit
@@ -78,6 +87,9 @@ class Figure:
         return f"{sign} {value}" + (" (every run)" if self.judge == "worst" else "")
 
     def shown(self) -> str:
+        if self.error:
+            return "error"
+
         def fmt(value: float) -> str:
             return f"{value:.2f}{TIMES}" if self.unit == "x" else f"{value:.0f} MiB"
 
@@ -88,6 +100,8 @@ class Figure:
 
     @property
     def verdict(self) -> str:
+        if self.error:
+            return f"**error**: {self.error}"
         met = self.met
         if met is None:
             return "n/a"

@@ -7,10 +7,11 @@ server process measure several transfers, each against the idle level just befor
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Memory", "MiB", "memory", "reset_peak"]
+__all__ = ["Memory", "MiB", "cpu_seconds", "memory", "reset_peak"]
 
 MiB = 1024 * 1024
 
@@ -36,3 +37,10 @@ def memory(pid: int) -> Memory:
 def reset_peak(pid: int) -> None:
     """Set the high-water mark of `pid` back to its current RSS (Linux >= 4.0, same user)."""
     Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time `pid` has used so far (its threads included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    # after the command name: state is field 3, utime field 14 and stime field 15 (1-based)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

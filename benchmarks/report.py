@@ -30,7 +30,7 @@ def render(figures: list[Figure], context: dict[str, Any]) -> str:
         f"Run {context['date']} with `{context['command']}` ({context['duration']}); {context['machine']}.",
         f"Sizes: download {sizes.download / MiB:.0f} MiB, save/upload {sizes.big / MiB:.0f} MiB; "
         f"runs per figure: {sizes.runs} (save/upload {sizes.big_runs}, listing {sizes.listing_runs}, "
-        f"start-up {sizes.startup_runs}).",
+        f"concurrency {sizes.concurrency_runs}, start-up {sizes.startup_runs}).",
         "",
         f"Load before: `{context['load_before']}`  ",
         f"Load after: `{context['load_after']}`",
