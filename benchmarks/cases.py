@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -181,17 +181,24 @@ async def case_download(ws: Workspace, sizes: Sizes) -> list[Figure]:
         idle = memory(server.pid).rss / MiB
         minimal_idle = memory(minimal.pid).rss / MiB
         async with replay_client() as client:
-            for _ in range(sizes.runs):
-                reset_peak(server.pid)
-                elapsed, result = await _call(server, "resources/read", {"uri": uri})
-                peaks.append(memory(server.pid).peak / MiB)
-                if len(_blob(result)) != sizes.download:
-                    raise RuntimeError(f"{ws.name}: resources/read returned the wrong size")
-                times_mcp.append(elapsed)
-                reset_peak(minimal.pid)
-                elapsed, _ = await _call(minimal, "resources/read", {"uri": "bench://payload"})
-                minimal_peaks.append(memory(minimal.pid).peak / MiB)
-                times_min.append(elapsed)
+            for number in range(sizes.runs):
+
+                async def ours() -> None:
+                    reset_peak(server.pid)
+                    elapsed, result = await _call(server, "resources/read", {"uri": uri})
+                    peaks.append(memory(server.pid).peak / MiB)
+                    if len(_blob(result)) != sizes.download:
+                        raise RuntimeError(f"{ws.name}: resources/read returned the wrong size")
+                    times_mcp.append(elapsed)
+
+                async def theirs() -> None:
+                    reset_peak(minimal.pid)
+                    elapsed, _ = await _call(minimal, "resources/read", {"uri": "bench://payload"})
+                    minimal_peaks.append(memory(minimal.pid).peak / MiB)
+                    times_min.append(elapsed)
+
+                for step in (ours, theirs) if number % 2 == 0 else (theirs, ours):  # alternate who goes first
+                    await step()
                 times_raw.append(await _raw_download(client, ws, exchange, stored))
     finally:
         await anyio.to_thread.run_sync(server.close)
@@ -245,6 +252,70 @@ async def case_download(ws: Workspace, sizes: Sizes) -> list[Figure]:
 # ------------------------------------------------------------- 2 and 3. save_file, upload_attachment
 
 
+@dataclass
+class _Transfers:
+    """One 200 MiB run's four measurements (crm-mcp and raw, save and upload) and their results."""
+
+    ws: Workspace
+    sizes: Sizes
+    server: StdioPeer
+    uri: str
+    big: Path
+    out: Path
+    download: Exchange | None
+    plan: UploadReplay | None
+    save: dict[str, list[float]] = field(default_factory=lambda: {"mcp": [], "raw": [], "growth": []})
+    up: dict[str, list[float]] = field(default_factory=lambda: {"mcp": [], "raw": [], "growth": []})
+
+    async def run(self, number: int) -> None:
+        steps = [self.mcp_save, self.raw_save, self.mcp_upload, self.raw_upload]
+        if number % 2:  # alternate who goes first: the write-back of one 200 MiB file slows the next
+            steps = [self.raw_save, self.mcp_save, self.raw_upload, self.mcp_upload]
+        for step in steps:
+            await step(number)
+
+    async def mcp_save(self, number: int) -> None:
+        target = self.out / f"saved-{number}.bin"
+        growth, elapsed, result = await _measured(
+            self.server, "save_file", resource_uri=self.uri, path=str(target), overwrite=True
+        )
+        if result["structuredContent"]["size"] != self.sizes.big:
+            raise RuntimeError(f"{self.ws.name}: save_file wrote the wrong size")
+        self.save["mcp"].append(elapsed)
+        self.save["growth"].append(growth)
+        await anyio.Path(target).unlink()
+
+    async def raw_save(self, number: int) -> None:
+        target = self.out / f"raw-{number}.bin"
+        if self.download is not None:
+            self.save["raw"].append(await _stream_to_disk(self.download, target))
+        else:
+            self.save["raw"].append(await anyio.to_thread.run_sync(_copy_synced, self.big, target))
+        await anyio.Path(target).unlink()
+
+    async def mcp_upload(self, number: int) -> None:
+        growth, elapsed, result = await _measured(
+            self.server,
+            "upload_attachment",
+            record_id=self.ws.case_id,
+            file_name=f"big-{number}.bin",
+            path=str(self.big),
+        )
+        if result["structuredContent"]["size"] != self.sizes.big:
+            raise RuntimeError(f"{self.ws.name}: upload_attachment stored the wrong size")
+        self.up["mcp"].append(elapsed)
+        self.up["growth"].append(growth)
+
+    async def raw_upload(self, number: int) -> None:
+        if self.plan is not None:
+            async with replay_client() as client:
+                self.up["raw"].append(await self.plan.run(client))
+            return
+        target = self.ws.store / "tmp" / f"raw-upload-{number}.bin"
+        self.up["raw"].append(await anyio.to_thread.run_sync(_copy_synced, self.big, target))
+        await anyio.Path(target).unlink()
+
+
 async def case_save_and_upload(ws: Workspace, sizes: Sizes) -> list[Figure]:
     """Both 200 MiB cases share one server (measured against its idle RSS before each call) and
     one recorded upload, whose file is also the one `save_file` downloads."""
@@ -252,52 +323,23 @@ async def case_save_and_upload(ws: Workspace, sizes: Sizes) -> list[Figure]:
     small = random_file(ws.scratch / "files" / "small.bin", 64 * 1024)
     upload_exchanges, entry = await ws.recorded_upload("big-recorded.bin", big)
     small_entry = await ws.upload("small.bin", small)
-    uri = ws.uri(entry.file_id)
+    download = plan = None
     if ws.simulator is not None:
         download_exchanges, _ = await ws.recorded_download(entry.file_id)
         download = _download_exchange(download_exchanges, sizes.big)
         plan = UploadReplay.of(upload_exchanges)
     out = ws.files_root / "out"
-    out.mkdir(exist_ok=True)
+    await anyio.Path(out).mkdir(exist_ok=True)
 
     server = await _start(server_argv(ws.config), ws, "crm-mcp-big")
-    save = {"mcp": [], "raw": [], "growth": []}
-    up = {"mcp": [], "raw": [], "growth": []}
+    runs = _Transfers(ws, sizes, server, ws.uri(entry.file_id), big, out, download, plan)
+    save, up = runs.save, runs.up
     try:
         # Warm-up with a small file: imports and the backend's login are idle cost, not transfer cost.
         await _tool(server, "save_file", resource_uri=ws.uri(small_entry.file_id), path=str(out / "warm.bin"))
         await _tool(server, "upload_attachment", record_id=ws.case_id, file_name="warm.bin", path=str(small))
-        for run in range(sizes.big_runs):
-            target = out / f"saved-{run}.bin"
-            growth, elapsed, result = await _measured(
-                server, "save_file", resource_uri=uri, path=str(target), overwrite=True
-            )
-            if result["structuredContent"]["size"] != sizes.big:
-                raise RuntimeError(f"{ws.name}: save_file wrote the wrong size")
-            save["mcp"].append(elapsed)
-            save["growth"].append(growth)
-            target.unlink()
-            raw_target = out / f"raw-{run}.bin"
-            if ws.simulator is not None:
-                save["raw"].append(await _stream_to_disk(download, raw_target))
-            else:
-                save["raw"].append(await anyio.to_thread.run_sync(_copy_synced, big, raw_target))
-            raw_target.unlink()
-
-            growth, elapsed, result = await _measured(
-                server, "upload_attachment", record_id=ws.case_id, file_name=f"big-{run}.bin", path=str(big)
-            )
-            if result["structuredContent"]["size"] != sizes.big:
-                raise RuntimeError(f"{ws.name}: upload_attachment stored the wrong size")
-            up["mcp"].append(elapsed)
-            up["growth"].append(growth)
-            if ws.simulator is not None:
-                async with replay_client() as client:
-                    up["raw"].append(await plan.run(client))
-            else:
-                raw_target = ws.store / "tmp" / f"raw-upload-{run}.bin"
-                up["raw"].append(await anyio.to_thread.run_sync(_copy_synced, big, raw_target))
-                raw_target.unlink()
+        for number in range(sizes.big_runs):
+            await runs.run(number)
     finally:
         await anyio.to_thread.run_sync(server.close)
         shutil.rmtree(out, ignore_errors=True)
@@ -419,6 +461,7 @@ async def case_concurrency(ws: Workspace, sizes: Sizes) -> list[Figure]:
     ratios: list[float] = []
     cpu_server: list[float] = []
     cpu_crm: list[float] = []
+    busy: list[float] = []
 
     async def one(client: HttpPeer) -> float:
         elapsed, result = await client.call(
@@ -449,6 +492,7 @@ async def case_concurrency(ws: Workspace, sizes: Sizes) -> list[Figure]:
             finally:
                 await burst_peer.aclose()
             cpu_server.append((cpu_seconds(process.pid) - cpu_before) / sizes.concurrency)
+            busy.append(cpu_server[-1] * sizes.concurrency / burst)
             if ws.simulator is not None:
                 cpu_crm.append((cpu_seconds(ws.simulator.pid) - crm_before) / sizes.concurrency)
             singles.append(single)
@@ -471,7 +515,8 @@ async def case_concurrency(ws: Workspace, sizes: Sizes) -> list[Figure]:
             bound="max" if ws.simulator else None,
             limit=3.0,
             detail=f"one call {_seconds(singles)}, {sizes.concurrency} at once {_seconds(bursts)}; {latency}; "
-            f"CPU per call: server {statistics.median(cpu_server) * 1000:.0f} ms"
+            f"CPU per call: server {statistics.median(cpu_server) * 1000:.0f} ms "
+            f"(it ran {statistics.median(busy) * 100:.0f}% of the burst's wall time)"
             + (f", simulated CRM {statistics.median(cpu_crm) * 1000:.0f} ms" if cpu_crm else ""),
             note="" if ws.simulator else "the target assumes CRM latency to overlap; the local store has none",
         )
