@@ -9,12 +9,16 @@ What Creatio does, and how this module copes (details: the project README, "Crea
   cached and renewed shortly before it expires.
 - An expired session shows up as an HTML login page with status 200, a 302 to the login page, or a
   401. Such an answer means the request was refused before it ran, so we log in again (once, under a
-  lock shared by concurrent calls) and send it again. Any other failure of a write (5xx, timeout,
-  dropped connection) may or may not have been processed: it is never resent blindly; we look at
-  what exists (records carry client-chosen ids, so that is one query) and clean up or report.
+  lock shared by concurrent calls) and send it again — except a streamed upload body, which cannot be
+  read twice: its new record is removed and the error says so. Any other failure of a write (5xx,
+  timeout, dropped connection) may or may not have been processed: it is never resent blindly; we
+  look at what exists (records carry client-chosen ids, so that is one query) and clean up or report.
+  When even the look-up fails, a new record is deleted anyway (a DELETE of our own id is harmless),
+  but a new photo image is kept: the contact may already point at it.
 - Files live in per-parent tables (`CaseFile`, `ContactFile`, `AccountFile`) whose `Data` column is an
   OData stream; `TypeId` tells a file from a link (a URL in `Name`, no bytes). A `file_id` here is
-  `<Table>.<guid>`, so reading it back knows the table.
+  `<Table>.<guid>`, so reading it back knows the table. Bytes are streamed both ways; a download's
+  size is its Content-Length, never the `Size` column (clients write that, and it can be wrong).
 - Contact photos: `Contact.PhotoId` → `SysImage(id)/Data`. Binding a photo is POST SysImage, PUT its
   Data, PATCH the contact's PhotoId; a failure after the POST deletes the new SysImage again.
 - Lookups are filtered as `Case/Id eq <guid>` (Creatio refuses `CaseId eq '<guid>'` with a type error),
