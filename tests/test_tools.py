@@ -690,3 +690,11 @@ async def test_tool_descriptions_have_no_docstring_indentation(client: Client) -
     for tool in (await client.list_tools()).tools:
         assert tool.description
         assert "\n    " not in tool.description, tool.name
+
+
+async def test_saved_files_are_private_to_their_owner(client: Client, files_root: Path) -> None:
+    """README, Decisions: CRM attachments are often confidential."""
+    await ok(
+        client, "save_file", resource_uri=f"crm://local/contacts/{demo.CONTACT_ALEXANDER_WILSON}/photo", path="a.png"
+    )
+    assert (files_root / "a.png").stat().st_mode & 0o777 == 0o600
