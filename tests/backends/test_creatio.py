@@ -853,3 +853,15 @@ async def test_the_four_documented_scenarios_work_through_the_mcp_tools(tmp_path
             if f["kind"] == "file":
                 data, _ = await read_bytes(client, f["resource_uri"])
                 assert data == sim.blobs[("CaseFile", f["file_id"].partition(".")[2])]
+
+
+async def test_missing_rights_are_a_clear_permission_error(sim: CreatioSimulator, crm: CreatioBackend) -> None:
+    sim.denied = {"CaseFile"}
+    with pytest.raises(PermissionDeniedError, match="lacks the permission") as caught:
+        await crm.list_case_files(PRINTER_CASE, limit=5, cursor=None)
+    assert "Insufficient permissions on object 'CaseFile'" in str(caught.value)
+    before = case_files(sim)
+    with pytest.raises(PermissionDeniedError):
+        await crm.upload_attachment("case", PRINTER_CASE, upload(b"x"))
+    assert case_files(sim) == before
+    assert sim.writes("POST", "/CaseFile")[0].status == 403

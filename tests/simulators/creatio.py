@@ -17,6 +17,7 @@ documented and reported to behave, quirks included.
   uploads are read as they arrive (`received` shows the progress of each PUT). `TypeId` of a file
   record must be one of the `FileType` rows (File, Link, Entity link), as Creatio's foreign key wants.
 - Unknown entity sets: the IIS HTML 404 page. Errors: `{"error": {"code", "message", "innererror"}}`.
+  Entity sets in `denied` answer 403 in that shape (a user without rights on the object).
 
 Fault switches (`fail`): 500 (before or after processing), 503 with Retry-After, a connection dropped
 mid-body, or the session expiring just before a matching request. `expire_sessions()` expires now.
@@ -176,6 +177,8 @@ class CreatioSimulator:
     """Send Content-Length with downloads (else chunked transfer encoding)."""
     hold: threading.Event | None = None
     token_expires_in: bool = True
+    denied: set[str] = field(default_factory=set)
+    """Entity sets the logged-in user has no rights on: any request to them is 403."""
     """Put `expires_in` in token answers (the notes say to assume 3600 s when it is missing)."""
     tables: dict[str, dict[str, dict[str, Any]]] = field(default_factory=lambda: {name: {} for name in SCHEMAS})
     blobs: dict[tuple[str, str], bytes] = field(default_factory=dict)
@@ -275,6 +278,14 @@ class CreatioSimulator:
             denied = await self._authorize(request)
             if denied is not None:
                 return denied
+            entity_set = re.split(r"[(/]", path.removeprefix(self.odata_root + "/"), maxsplit=1)[0]
+            if entity_set in self.denied:
+                await _drain(request)
+                return _error(
+                    403,
+                    "An error has occurred.",
+                    f"Terrasoft.Common.SecurityException: Insufficient permissions on object '{entity_set}'.",
+                )
             response = await self._odata(request, path.removeprefix(self.odata_root + "/"))
             logged.processed = method != "GET" and response.status_code < 400
         except ODataError as exc:
