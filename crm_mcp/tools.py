@@ -98,7 +98,7 @@ def _size(size: int | None) -> str:
 
 def _file_line(info: FileInfo) -> str:
     if info.kind == "link":
-        return f"- {info.name} — link to {info.url} (no bytes; file_id={info.file_id})"
+        return f"- {info.name} — link to {info.url or 'another record'} (no bytes; file_id={info.file_id})"
     added = f", added {info.created_at}" if info.created_at else ""
     return (
         f"- {info.name} — {info.mime_type}, {_size(info.size)}{added}; file_id={info.file_id}; "
