@@ -30,6 +30,7 @@ What SuperOffice does, and how this module copes (details: the project README, "
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -79,7 +80,9 @@ SERVICES = "Remote/Services88"
 _MESSAGE_LIMIT = 400
 _SMALL_LIMIT = 16 * 1024 * 1024
 """Largest non-streamed SOAP answer read into memory (lists, entities)."""
-_INTERNAL_NOTE = "File attached by crm-mcp: {name}"
+_INTERNAL_NOTE = "File attached by crm-mcp: {name} (upload {reference})"
+"""The body of the internal message that carries an upload. The reference finds the message again
+when SuperOffice's answer to its creation is lost."""
 
 
 class SuperOfficeSettings(BackendSettings):
@@ -706,25 +709,31 @@ class SuperOfficeBackend:
                 [("AttachmentId", attachment_id), ("Content", Stream(self._counted(upload), upload.size))],
                 f"upload the bytes of {upload.name!r}",
             )
-            message = await self._call(
-                "Ticket",
-                "SaveTicketMessageEntity",
-                [
-                    (
-                        "TicketMessageEntity",
-                        [
-                            ("EjMessageId", 0),
-                            ("Ticket", [("TicketId", ticket_id)]),
-                            ("Author", "crm-mcp"),
-                            ("Slevel", "Internal"),
-                            ("Type", "Plain"),
-                            ("Body", _INTERNAL_NOTE.format(name=upload.name)),
-                        ],
-                    )
-                ],
-                what=f"add an internal message for {upload.name!r} to ticket {ticket_id}",
-                write=True,
-            )
+            reference = secrets.token_hex(6)
+            try:
+                message = await self._call(
+                    "Ticket",
+                    "SaveTicketMessageEntity",
+                    [
+                        (
+                            "TicketMessageEntity",
+                            [
+                                ("EjMessageId", 0),
+                                ("Ticket", [("TicketId", ticket_id)]),
+                                ("Author", "crm-mcp"),
+                                ("Slevel", "Internal"),
+                                ("Type", "Plain"),
+                                ("Body", _INTERNAL_NOTE.format(name=upload.name, reference=reference)),
+                            ],
+                        )
+                    ],
+                    what=f"add an internal message for {upload.name!r} to ticket {ticket_id}",
+                    write=True,
+                )
+            except _MaybeProcessed:
+                with anyio.CancelScope(shield=True):
+                    message_id = await self._find_message(ticket_id, reference)
+                raise
             message_id = integer(message, "Response", "EjMessageId")
             if not message_id:
                 raise BackendError(f"SuperOffice created no message to carry {upload.name!r}")
@@ -756,6 +765,23 @@ class SuperOfficeBackend:
             "uploaded %s (%d bytes) to ticket %s as attachment %s", upload.name, upload.size, ticket_id, attachment_id
         )
         return FileEntry(file_id=f"att-{attachment_id}", name=upload.name, mime_type=mime, size=upload.size)
+
+    async def _find_message(self, ticket_id: int, reference: str) -> int | None:
+        """The message crm-mcp created with `reference` when the answer to its creation was lost
+        (None if SuperOffice did not create it, or it cannot be looked up)."""
+        try:
+            rows = await self._archive(
+                "TicketMessage",
+                ["id", "ticketId"],
+                [("ticketId", "=", str(ticket_id)), ("body", "contains", reference)],
+                5,
+                f"look for the message carrying upload {reference}",
+            )
+        except CrmError as exc:
+            logger.warning("SuperOffice: could not look for message %s on ticket %s: %s", reference, ticket_id, exc)
+            return None
+        found = [integer(row, "PrimaryKey") for row in rows]
+        return next((number for number in found if number), None)
 
     async def _upload_to_person(self, person_id: int, company_id: int, upload: Upload) -> FileEntry:
         template_id = self.settings.document_template_id
@@ -927,8 +953,10 @@ class SuperOfficeBackend:
     # ----------------------------------------------------------------------------------- find
 
     async def _archive(
-        self, provider: str, columns: list[str], restriction: str, value: str, limit: int, what: str
+        self, provider: str, columns: list[str], restrictions: list[tuple[str, str, str]], limit: int, what: str
     ) -> list[ET.Element]:
+        """Rows of an archive provider matching all `restrictions` ((column, operator, value) each),
+        sorted by the second column."""
         body = await self._call(
             "Archive",
             "GetArchiveListByColumns",
@@ -942,12 +970,13 @@ class SuperOfficeBackend:
                         (
                             "ArchiveRestrictionInfo",
                             [
-                                ("Name", restriction),
-                                ("Operator", "contains"),
+                                ("Name", name),
+                                ("Operator", operator),
                                 ("Values", _strings([value])),
                                 ("IsActive", True),
                             ],
                         )
+                        for name, operator, value in restrictions
                     ],
                 ),
                 ("Page", 0),
@@ -964,7 +993,9 @@ class SuperOfficeBackend:
         if limit < 1:
             raise InvalidInputError(f"limit must be at least 1, got {limit}")
         if record_type == "contact":
-            rows = await self._archive("FindPerson", ["personId", "fullName"], "fullName", words, limit, "find persons")
+            rows = await self._archive(
+                "FindPerson", ["personId", "fullName"], [("fullName", "contains", words)], limit, "find persons"
+            )
             found = []
             for row in rows:
                 person_id = integer(row, "PrimaryKey")
@@ -982,7 +1013,9 @@ class SuperOfficeBackend:
                 row = child(body, "Response")
                 if row is not None and integer(row, "TicketId"):
                     found.append(_ticket_record(int(number), text(row, "Title") or ""))
-            rows = await self._archive("FindTicket", ["ticketId", "title"], "title", words, limit, "find tickets")
+            rows = await self._archive(
+                "FindTicket", ["ticketId", "title"], [("title", "contains", words)], limit, "find tickets"
+            )
             for row in rows:
                 ticket_id = integer(row, "PrimaryKey")
                 if ticket_id and all(record.id != str(ticket_id) for record in found):
@@ -1009,7 +1042,10 @@ async def _read_head(
                 return False
         reader.finish()
     except ET.ParseError:
-        raise BackendError(f"SuperOffice's answer to {what} is not well-formed XML") from None
+        # An answer cut off in the middle: a write's outcome is unknown.
+        raise (_MaybeProcessed if write else BackendError)(
+            f"SuperOffice's answer to {what} is not well-formed XML (cut off?)"
+        ) from None
     except ValueError as exc:
         raise BackendError(f"SuperOffice's answer to {what} is broken: {exc}") from None
     except (httpx.TransportError, OSError) as exc:

@@ -1005,6 +1005,15 @@ class SuperOfficeSimulator:
         elif provider.lower() == "findticket":
             rows = [(tid, {"ticketId": str(tid), "title": t}) for tid, t in sorted(self.service_tickets.items())]
             entity = "ticket"
+        elif provider.lower() == "ticketmessage":
+            rows = [
+                (
+                    mid,
+                    {"id": str(mid), "ticketId": str(m.ticket), "author": m.author, "body": m.body, "slevel": m.slevel},
+                )
+                for mid, m in sorted(self.messages.items())
+            ]
+            entity = "ticketmessage"
         else:
             raise SoapFault(f"Unknown archive provider '{provider}'", "ArgumentException")
         for restriction in restrictions:
