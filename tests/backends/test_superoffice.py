@@ -328,6 +328,19 @@ async def test_a_failed_upload_leaves_nothing_attached(
     assert "nothing was attached" in str(caught.value)
 
 
+async def test_a_message_whose_creation_answer_was_lost_is_found_and_removed(
+    sim: SuperOfficeSimulator, crm: SuperOfficeBackend
+) -> None:
+    messages = dict(sim.messages)
+    sim.fail("SaveTicketMessageEntity", "drop")  # created, but the answer never arrives whole
+    with pytest.raises(BackendError, match="nothing was attached"):
+        await crm.upload_attachment("case", str(PRINTER_TICKET), upload(b"x" * 5000))
+    (search,) = [call for call in sim.calls("GetArchiveListByColumns") if b"TicketMessage" in call.body]
+    assert b"<tns:Operator>=</tns:Operator>" in search.body  # restricted to the ticket, by reference
+    assert sim.calls("DeleteTicketMessageEntity")
+    assert sim.messages.keys() == messages.keys()
+
+
 async def test_a_truncated_source_sends_no_complete_upload(sim: SuperOfficeSimulator, crm: SuperOfficeBackend) -> None:
     before = await crm.list_case_files(str(PRINTER_TICKET), limit=100, cursor=None)
     with pytest.raises(BackendError, match="truncated"):
