@@ -18,7 +18,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -462,6 +462,7 @@ async def case_concurrency(ws: Workspace, sizes: Sizes) -> list[Figure]:
     cpu_server: list[float] = []
     cpu_crm: list[float] = []
     busy: list[float] = []
+    cpu_single: list[float] = []
 
     async def one(client: HttpPeer) -> float:
         elapsed, result = await client.call(
@@ -478,19 +479,12 @@ async def case_concurrency(ws: Workspace, sizes: Sizes) -> list[Figure]:
         for _ in range(2):
             await one(peer)
         for _ in range(sizes.concurrency_runs):
+            cpu_before = cpu_seconds(process.pid)
             single = statistics.median([await one(peer) for _ in range(3)])
-            # A fresh client per burst: no keep-alive connection the server may be closing meanwhile.
-            burst_peer = HttpPeer(peer.url, connections=sizes.concurrency * 2)
+            cpu_single.append((cpu_seconds(process.pid) - cpu_before) / 3)
             cpu_before = cpu_seconds(process.pid)
             crm_before = cpu_seconds(ws.simulator.pid) if ws.simulator is not None else 0.0
-            try:
-                start = time.perf_counter()
-                async with anyio.create_task_group() as tasks:
-                    for _ in range(sizes.concurrency):
-                        tasks.start_soon(one, burst_peer)
-                burst = time.perf_counter() - start
-            finally:
-                await burst_peer.aclose()
+            burst = await _burst(peer.url, sizes.concurrency, one)
             cpu_server.append((cpu_seconds(process.pid) - cpu_before) / sizes.concurrency)
             busy.append(cpu_server[-1] * sizes.concurrency / burst)
             if ws.simulator is not None:
@@ -515,12 +509,27 @@ async def case_concurrency(ws: Workspace, sizes: Sizes) -> list[Figure]:
             bound="max" if ws.simulator else None,
             limit=3.0,
             detail=f"one call {_seconds(singles)}, {sizes.concurrency} at once {_seconds(bursts)}; {latency}; "
-            f"CPU per call: server {statistics.median(cpu_server) * 1000:.0f} ms "
+            f"server CPU per call: {statistics.median(cpu_single) * 1000:.0f} ms alone, "
+            f"{statistics.median(cpu_server) * 1000:.0f} ms in the burst "
             f"(it ran {statistics.median(busy) * 100:.0f}% of the burst's wall time)"
-            + (f", simulated CRM {statistics.median(cpu_crm) * 1000:.0f} ms" if cpu_crm else ""),
+            + (f"; simulated CRM CPU per call {statistics.median(cpu_crm) * 1000:.0f} ms" if cpu_crm else ""),
             note="" if ws.simulator else "the target assumes CRM latency to overlap; the local store has none",
         )
     ]
+
+
+async def _burst(url: str, count: int, one: Callable[[HttpPeer], Awaitable[float]]) -> float:
+    """Seconds for `count` calls started at once, over a fresh client (no keep-alive connection
+    left from earlier calls that the server may be closing meanwhile)."""
+    peer = HttpPeer(url, connections=count * 2)
+    try:
+        start = time.perf_counter()
+        async with anyio.create_task_group() as tasks:
+            for _ in range(count):
+                tasks.start_soon(one, peer)
+        return time.perf_counter() - start
+    finally:
+        await peer.aclose()
 
 
 async def _wait_http(peer: HttpPeer, process: subprocess.Popen[bytes]) -> None:
