@@ -231,14 +231,7 @@ def _leaked(text: str) -> list[str]:
     [
         "creatio",
         "espocrm",
-        pytest.param(
-            "wello",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="known gap: the Wello backend quotes the CRM's error body, which may repeat the request's "
-                "Authorization header (crm_mcp/backends/wello.py, owned by the Wello work)",
-            ),
-        ),
+        "wello",
         "superoffice",
     ],
 )
