@@ -390,3 +390,21 @@ def test_http_token_from_the_command_line_is_required_too(tmp_path: Path) -> Non
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [
+        ('[backends.crm]\nvendor = "salesforce"\n', "[backends.crm] vendor: unknown vendor 'salesforce'"),
+        ('[backends.crm]\nvendor = "creatio"\nurl = "x"\nusername = "u"\npassword = "p"\n', "[backends.crm] url:"),
+        ('[backends.crm]\nvendor = "creatio"\nusername = "u"\npassword = "${NOT_SET_ANYWHERE}"\n', "NOT_SET_ANYWHERE"),
+    ],
+)
+def test_serve_refuses_to_start_on_a_bad_configuration(tmp_path: Path, toml: str, expected: str) -> None:
+    config = tmp_path / "elsewhere.toml"
+    config.write_text(toml)
+    done = run_cli(tmp_path, "serve", CRM_MCP_CONFIG=str(config))
+    assert done.returncode == 2
+    assert done.stdout == ""  # stdout is the protocol channel
+    assert f"crm-mcp: configuration error: {config}: " in done.stderr
+    assert expected in done.stderr
