@@ -147,8 +147,13 @@ def _answer(response: httpx.Response) -> dict[str, Any]:
     return parsed
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
 def child_env(extra: dict[str, str]) -> dict[str, str]:
-    """The benchmark's environment for a child process, without its MCP configuration leaking in."""
+    """The benchmark's environment for a child process, without its MCP configuration leaking in,
+    importing crm_mcp from this checkout (the one the benchmark itself imports)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("CRM_MCP_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
     env.update(extra)
     return env
