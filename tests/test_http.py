@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import httpx
 import pytest
 from pydantic import ValidationError
 
+from crm_mcp.backends.base import RemoteSettings
+from crm_mcp.config import Settings
+from crm_mcp.errors import ConfigError
 from crm_mcp.http import Retries, Timeouts, new_client
 from crm_mcp.retry import RetryTransport
 
@@ -43,3 +48,23 @@ async def test_without_retries_a_request_is_sent_once() -> None:
 def test_bad_network_settings_are_refused(model: type[Timeouts | Retries], values: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         model(**values)
+
+
+def test_a_backend_table_tunes_its_client(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(
+        '[backends.crm]\nvendor = "wello"\nurl = "https://wello.test"\nusername = "u"\npassword = "p"\n'
+        'domain = "d"\nmax_connections = 4\n[backends.crm.timeouts]\nread = 5\n[backends.crm.retries]\nattempts = 1\n'
+    )
+    crm = settings.backends["crm"]
+    assert isinstance(crm, RemoteSettings)
+    assert (crm.max_connections, crm.timeouts.read, crm.timeouts.connect, crm.retries.attempts) == (4, 5, 10, 1)
+
+
+def test_a_misspelt_network_key_names_the_backend_and_the_key(make_settings: Callable[..., Settings]) -> None:
+    with pytest.raises(ConfigError) as caught:
+        make_settings(
+            '[backends.crm]\nvendor = "wello"\nurl = "https://wello.test"\nusername = "u"\npassword = "p"\n'
+            'domain = "d"\n[backends.crm.retries]\ntries = 2\n'
+        )
+    assert "crm" in str(caught.value)
+    assert "tries" in str(caught.value)

@@ -23,7 +23,7 @@ class Script:
         self.seen.append(request)
         step = self.steps.pop(0) if self.steps else 200
         if isinstance(step, type):
-            raise step("scripted", request=request)
+            raise step("scripted", request=request) if issubclass(step, httpx.HTTPError) else step("scripted")
         status, headers = step if isinstance(step, tuple) else (step, {})
         return httpx.Response(status, headers=headers, text=f"answer {len(self.seen)}")
 
@@ -46,7 +46,9 @@ async def test_a_get_is_retried_on_a_passing_failure(status: int) -> None:
     assert len(script.seen) == 2
 
 
-@pytest.mark.parametrize("error", [httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError, httpx.ReadTimeout])
+@pytest.mark.parametrize(
+    "error", [httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError, httpx.ReadTimeout, ConnectionResetError]
+)
 async def test_a_get_is_retried_after_a_connection_failure(error: type[Exception]) -> None:
     script = Script(error, 200)
     async with client(script) as http:

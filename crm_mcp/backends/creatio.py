@@ -52,6 +52,7 @@ from crm_mcp.backends.base import (
     Photo,
     Record,
     RecordType,
+    RemoteSettings,
     Upload,
     decode_cursor,
     encode_cursor,
@@ -88,9 +89,6 @@ FILE_TABLES: dict[str, tuple[str, str]] = {
     "account": ("AccountFile", "Account"),
 }
 _TABLE_NAMES = {table for table, _ in FILE_TABLES.values()}
-_MAX_RETRY_AFTER = 10.0
-"""Longest `Retry-After` (seconds) a read waits for before trying once more."""
-_READ_ATTEMPTS_503 = 2
 _TOKEN_MARGIN = 60.0
 """Renew an OAuth token this many seconds before it expires (at most half its lifetime)."""
 _DEFAULT_TOKEN_LIFETIME = 3600.0
@@ -100,7 +98,7 @@ _clock = time.monotonic
 """The clock OAuth expiry is measured on (tests replace it)."""
 
 
-class CreatioSettings(BackendSettings):
+class CreatioSettings(RemoteSettings):
     """`[backends.<name>]` with `vendor = "creatio"`."""
 
     vendor: Literal["creatio"]
@@ -270,6 +268,9 @@ class CreatioBackend:
             base_url=self.settings.url,
             headers={"Accept": "application/json"},
             transport=self.context.transport,
+            timeout=self.settings.timeouts,
+            max_connections=self.settings.max_connections,
+            retries=self.settings.retries,
         )
         return self
 
@@ -447,8 +448,9 @@ class CreatioBackend:
         headers: Mapping[str, str] | None = None,
         stream: bool = False,
     ) -> httpx.Response:
-        """Send one request with auth; recover from an expired session and, for reads, from 503 and
-        lost connections. Returns a response that is not an expiry answer (maybe an error status).
+        """Send one request with auth; recover from an expired session. Returns a response that is
+        not an expiry answer (maybe an error status). Passing failures (503, 429, a lost connection)
+        are retried below this, by the client's `RetryTransport`, for requests the shared rule allows.
 
         Writes: an expiry answer means "not processed", so a write with a JSON body is sent once more
         after the new login; a streamed body cannot be, and raises `_Refused`. Any other failure of a
@@ -456,8 +458,6 @@ class CreatioBackend:
         """
         write = method != "GET"
         relogged = False
-        unavailable = 0
-        lost = 0
         while True:
             await self._authenticate()
             generation = self._session.generation
@@ -475,19 +475,12 @@ class CreatioBackend:
                 response = await self._http.send(request, stream=stream)
             except (httpx.TransportError, OSError) as exc:
                 logger.warning("Creatio %s %s failed: %s", method, path, type(exc).__name__)
-                never_sent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
-                if write and never_sent and content is None and lost < 1:
-                    lost += 1  # no connection, so nothing reached Creatio: safe to try once more
-                    continue
                 if write:
                     raise _MaybeProcessed(
                         f"the connection to Creatio failed while trying to {what} ({type(exc).__name__})"
                     ) from None
-                if lost < 1:
-                    lost += 1
-                    continue
                 raise BackendError(
-                    f"the connection to Creatio at {self.settings.url} failed twice while trying to {what} "
+                    f"the connection to Creatio at {self.settings.url} failed while trying to {what} "
                     f"({type(exc).__name__}); check the network and try again"
                 ) from None
             logger.debug("Creatio %s %s → %d", method, path, response.status_code)
@@ -504,13 +497,6 @@ class CreatioBackend:
                 await self._authenticate(failed_generation=generation)
                 if content is not None:
                     raise _Refused(f"Creatio's session expired before it accepted the bytes to {what}")
-                continue
-            delay = _retry_after(response) if response.status_code == 503 else None
-            if delay is not None and not write and unavailable < _READ_ATTEMPTS_503 - 1:
-                await response.aclose()
-                unavailable += 1
-                logger.info("Creatio is unavailable (503); retrying in %.0f s", delay)
-                await anyio.sleep(delay)
                 continue
             return response
 
@@ -979,14 +965,6 @@ def _public(exc: CrmError, state: str) -> CrmError:
 async def _no_chunks() -> AsyncIterator[bytes]:
     return
     yield b""  # pragma: no cover -- makes this an async generator
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after", "").strip()
-    if not value.isdigit():
-        return None
-    seconds = float(value)
-    return seconds if seconds <= _MAX_RETRY_AFTER else None
 
 
 def _image_mime(image: Mapping[str, Any]) -> str:

@@ -66,6 +66,7 @@ from crm_mcp.backends.base import (
     Photo,
     Record,
     RecordType,
+    RemoteSettings,
     Upload,
     decode_cursor,
     encode_cursor,
@@ -94,7 +95,6 @@ MAX_SIZE = 200
 _ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_-]{0,35}$")
 """EspoCRM ids: 17 hex-like characters by default, or UUIDs when the instance is set up for them."""
 _FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,99}$")
-_MAX_RETRY_AFTER = 10.0
 _MAX_NAME = 255
 _MAX_TYPE = 100
 """Attachment's `name` and `type` are varchar(255) and varchar(100); longer is a 400 validationFailure."""
@@ -104,7 +104,6 @@ _monotonic = time.monotonic
 """The clock of that belief (a module attribute so tests can move it on)."""
 _NO_ROUTE_STATUSES = frozenset({404, 405, 500, 501})
 """How servers without a route answer it (8.x/9.0: 500 from the generic related-records route)."""
-_RETRY_STATUSES = frozenset({502, 503, 504})
 _IMAGE_EXTENSIONS: dict[str, tuple[str, ...]] = {
     "image/jpeg": (".jpg", ".jpeg"),
     "image/png": (".png",),
@@ -122,7 +121,7 @@ _PHOTO_FIELD_HELP = (
 )
 
 
-class EspoCrmSettings(BackendSettings):
+class EspoCrmSettings(RemoteSettings):
     """`[backends.<name>]` with `vendor = "espocrm"`.
 
     Authentication: `api_key` alone (API user, "API Key" method), `api_key` + `secret_key` (API user,
@@ -344,6 +343,9 @@ class EspoCrmBackend:
             base_url=f"{self.settings.url}/api/v1/",
             headers={"Accept": "application/json"},
             transport=self.context.transport,
+            timeout=self.settings.timeouts,
+            max_connections=self.settings.max_connections,
+            retries=self.settings.retries,
         )
         client.auth = _EspoAuth(self.settings)
         self._client = client
@@ -363,35 +365,25 @@ class EspoCrmBackend:
         return self._client
 
     async def _send(self, request: httpx.Request, what: str, *, stream: bool = False) -> httpx.Response:
-        """Send once (GETs: up to three times on 502/503/504, honouring a short Retry-After).
-        Transport failures become `BackendError`; HTTP errors are left to `_check`."""
-        attempts = 3 if request.method == "GET" else 1
-        for attempt in range(attempts):
-            try:
-                response = await self._http.send(request, stream=stream)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol) as exc:
-                raise BackendError(
-                    f"EspoCRM backend '{self.name}' could not be reached at {self.settings.url} while trying to "
-                    f"{what} ({type(exc).__name__}); check the url and that the server is up"
-                ) from None
-            except httpx.TimeoutException:
-                raise _NoAnswer(
-                    f"EspoCRM backend '{self.name}' did not answer in time while trying to {what}; try again later"
-                ) from None
-            except httpx.HTTPError as exc:
-                raise _NoAnswer(
-                    f"EspoCRM backend '{self.name}': the connection broke while trying to {what} "
-                    f"({type(exc).__name__}); try again later"
-                ) from None
-            if response.status_code in _RETRY_STATUSES and attempt + 1 < attempts:
-                delay = _retry_after(response.headers.get("Retry-After"))
-                if delay is not None:
-                    await response.aclose()
-                    logger.info("EspoCRM %s: HTTP %d, retrying in %.1fs", self.name, response.status_code, delay)
-                    await anyio.sleep(delay)
-                    continue
-            return response
-        raise AssertionError("unreachable")
+        """Send, once from here: passing failures (502/503/504, 429, a lost connection) are retried
+        below, by the client's `RetryTransport`, where the shared rule allows. Transport failures become
+        `BackendError` (never sent) or `_NoAnswer` (the outcome is unknown); HTTP errors are left to `_check`."""
+        try:
+            return await self._http.send(request, stream=stream)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol) as exc:
+            raise BackendError(
+                f"EspoCRM backend '{self.name}' could not be reached at {self.settings.url} while trying to "
+                f"{what} ({type(exc).__name__}); check the url and that the server is up"
+            ) from None
+        except httpx.TimeoutException:
+            raise _NoAnswer(
+                f"EspoCRM backend '{self.name}' did not answer in time while trying to {what}; try again later"
+            ) from None
+        except (httpx.HTTPError, OSError) as exc:
+            raise _NoAnswer(
+                f"EspoCRM backend '{self.name}': the connection broke while trying to {what} "
+                f"({type(exc).__name__}); try again later"
+            ) from None
 
     async def _call(
         self,
@@ -1111,17 +1103,6 @@ def _body_detail(response: httpx.Response) -> str:
         return str(label)[:300]
     message = data.get("message")
     return str(message)[:300] if message else ""
-
-
-def _retry_after(value: str | None) -> float | None:
-    """A Retry-After in seconds, if short enough to wait for; None means do not retry."""
-    if value is None:
-        return 1.0
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return seconds if 0 <= seconds <= _MAX_RETRY_AFTER else None
 
 
 def _check_growth(upload: Upload, sent: int) -> None:

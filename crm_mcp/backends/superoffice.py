@@ -55,6 +55,7 @@ from crm_mcp.backends.base import (
     Photo,
     Record,
     RecordType,
+    RemoteSettings,
     Upload,
     decode_cursor,
     encode_cursor,
@@ -71,6 +72,7 @@ from crm_mcp.errors import (
     UnsupportedError,
 )
 from crm_mcp.http import new_client
+from crm_mcp.retry import IDEMPOTENT
 
 __all__ = ["SuperOfficeBackend", "SuperOfficeSettings"]
 
@@ -85,7 +87,7 @@ _INTERNAL_NOTE = "File attached by crm-mcp: {name} (upload {reference})"
 when SuperOffice's answer to its creation is lost."""
 
 
-class SuperOfficeSettings(BackendSettings):
+class SuperOfficeSettings(RemoteSettings):
     """`[backends.<name>]` with `vendor = "superoffice"`."""
 
     vendor: Literal["superoffice"]
@@ -245,7 +247,13 @@ class SuperOfficeBackend:
     # ------------------------------------------------------------------------------- lifecycle
 
     async def __aenter__(self) -> SuperOfficeBackend:
-        self._client = new_client(base_url=self.settings.url + "/", transport=self.context.transport)
+        self._client = new_client(
+            base_url=self.settings.url + "/",
+            transport=self.context.transport,
+            timeout=self.settings.timeouts,
+            max_connections=self.settings.max_connections,
+            retries=self.settings.retries,
+        )
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -385,6 +393,8 @@ class SuperOfficeBackend:
                 "Content-Length": str(body.length),
                 "SOAPAction": f'"{_soap.NS}/{agent}/{operation}"',
             },
+            # Every SOAP call is a POST; the reads among them may be sent again like a GET.
+            extensions={IDEMPOTENT: not write},
         )
         try:
             response = await self._http.send(request, stream=True)

@@ -57,6 +57,7 @@ from crm_mcp.backends.base import (
     Photo,
     Record,
     RecordType,
+    RemoteSettings,
     Upload,
     decode_cursor,
     encode_cursor,
@@ -120,7 +121,7 @@ _CONTACT = _Table("contact", "Contact", "contact")
 _COMPANY = _Table("company", "Company", "company")
 
 
-class WelloSettings(BackendSettings):
+class WelloSettings(RemoteSettings):
     """`[backends.<name>]` with `vendor = "wello"`."""
 
     vendor: Literal["wello"]
@@ -476,7 +477,12 @@ class WelloBackend:
         if self.settings.api_version:
             headers["X-Api-Version"] = self.settings.api_version
         self._client = new_client(
-            base_url=_api_root(self.settings.url), headers=headers, transport=self.context.transport
+            base_url=_api_root(self.settings.url),
+            headers=headers,
+            transport=self.context.transport,
+            timeout=self.settings.timeouts,
+            max_connections=self.settings.max_connections,
+            retries=self.settings.retries,
         )
         return self
 

@@ -568,7 +568,8 @@ async def test_lost_photo_answer_never_leaves_a_dangling_photo(sim: EspoSimulato
         photo = await crm.bind_photo(wilson, upload_of(PNG_1x1, "new.png", "image/png"))
     assert sim.records["Contact"][wilson]["cPhotoId"] == photo.photo_id and photo.photo_id in sim.attachments
     best = record(sim, "Contact", firstName="John")
-    async with lossy(sim, tmp_path, ("PUT", r"/Contact/\w+"), ("GET", r"/Contact/\w+")) as crm:
+    # The re-check's answers are lost as often as a read is tried (retries.attempts): it cannot be checked.
+    async with lossy(sim, tmp_path, ("PUT", r"/Contact/\w+"), *[("GET", r"/Contact/\w+")] * 3) as crm:
         with pytest.raises(BackendError, match="connection broke"):
             await crm.bind_photo(best, upload_of(PNG_1x1, "unsure.png", "image/png"))
     bound = sim.records["Contact"][best]["cPhotoId"]

@@ -257,9 +257,11 @@ async def test_errors_from_exception_info_and_faults_are_surfaced(tmp_path: Path
     assert sim.password not in message
 
 
-async def test_a_dropped_download_is_an_error(sim: SuperOfficeSimulator, crm: SuperOfficeBackend) -> None:
+async def test_a_dropped_download_is_retried_then_an_error(sim: SuperOfficeSimulator, crm: SuperOfficeBackend) -> None:
     files = (await crm.list_case_files(str(PRINTER_TICKET), limit=10, cursor=None)).files
-    sim.fail("GetAttachmentStream", "drop")
+    sim.fail("GetAttachmentStream", "drop")  # once: a read is sent again
+    assert await read_all(crm, files[1].file_id)
+    sim.fail("GetAttachmentStream", "drop", times=3)  # as often as a read is tried
     with pytest.raises(BackendError):
         await read_all(crm, files[1].file_id)
 

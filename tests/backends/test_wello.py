@@ -187,7 +187,7 @@ async def test_simulator_wants_the_domain_form_of_basic_auth(sim: WelloSimulator
         (403, PermissionDeniedError, "administrator"),
         (404, BackendError, "api_version"),
         (302, BackendError, "redirect"),
-        (503, BackendError, "try again"),
+        (500, BackendError, "try again"),  # a 503 is retried (see test_a_passing_503_is_retried)
     ],
 )
 async def test_query_errors_become_clear_errors(
@@ -841,3 +841,11 @@ async def test_a_shortened_name_is_said_in_the_tool_result(tmp_path: Path) -> No
     assert len(stored) <= 100
     assert stored.endswith(".pdf")
     assert f"the CRM stored the file as {stored!r}" in result.content[0].text
+
+
+async def test_a_passing_503_is_retried(crm: WelloBackend, sim: WelloSimulator) -> None:
+    sim.faults.fail_next_request = 503
+    seen = len(sim.requests)
+    assert await crm.find_records("case", "printer", limit=5)
+    first, again = sim.requests[seen], sim.requests[seen + 1]
+    assert (first.method, first.path) == (again.method, again.path)  # the same read, sent again

@@ -104,7 +104,9 @@ class Rigs:
             root = folder / "files"
             root.mkdir(parents=True)
             config = folder / "crm-mcp.toml"
-            config.write_text(f'{target.toml(sim)}\n[files]\nroots = ["{root}"]\n', encoding="utf-8")
+            # Retries as configured by default, but without the waits between attempts.
+            retries = f"[backends.{target.name}.retries]\nbackoff = 0\n"
+            config.write_text(f'{target.toml(sim)}{retries}\n[files]\nroots = ["{root}"]\n', encoding="utf-8")
             settings = load_settings(str(config), env={"CRM_MCP_HOME": str(folder / "home")}, cwd=folder)
             faults = FaultTransport(httpx.ASGITransport(app=sim))
             self.rigs[target.name] = Rig(build_server(settings, transport=faults), faults, root)
