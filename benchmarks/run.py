@@ -81,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"written to {README}", file=sys.stderr)
     if any(figure.met is False for figure in figures):
         print("some targets are not met (see the table)", file=sys.stderr)
+    if any(figure.error for figure in figures):
+        raise SystemExit("some cases failed (see the table and the tracebacks above)")
 
 
 async def _run_all(backends: list[str], cases: list[str], sizes: Sizes, scratch: Path) -> list[Figure]:
