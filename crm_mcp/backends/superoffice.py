@@ -793,28 +793,55 @@ class SuperOfficeBackend:
         found = [integer(row, "PrimaryKey") for row in rows]
         return next((number for number in found if number), None)
 
+    async def _find_document(self, reference: str) -> int | None:
+        """The document crm-mcp created with `reference` as its "our ref" when the answer to its
+        creation was lost (None if there is none or it cannot be looked up)."""
+        try:
+            rows = await self._archive(
+                "Document", ["documentId", "ourref"], [("ourref", "=", reference)], 5, "look for the new document"
+            )
+        except CrmError as exc:
+            logger.warning("SuperOffice: could not look for document %s: %s", reference, exc)
+            return None
+        return next((number for row in rows if (number := integer(row, "PrimaryKey"))), None)
+
     async def _upload_to_person(self, person_id: int, company_id: int, upload: Upload) -> FileEntry:
         template_id = self.settings.document_template_id
         template = [("DocumentTemplateId", template_id)] if template_id else None
-        body = await self._call(
-            "Document",
-            "SaveDocumentEntity",
-            [
-                (
-                    "DocumentEntity",
-                    [
-                        ("DocumentId", 0),
-                        ("Header", upload.name),
-                        ("Name", upload.name),
-                        ("DocumentTemplate", template),
-                        ("Person", [("PersonId", person_id)]),
-                        ("Contact", [("ContactId", company_id)] if company_id else None),
-                    ],
+        reference = f"crm-mcp:{secrets.token_hex(6)}"
+        try:
+            body = await self._call(
+                "Document",
+                "SaveDocumentEntity",
+                [
+                    (
+                        "DocumentEntity",
+                        [
+                            ("DocumentId", 0),
+                            ("Header", upload.name),
+                            ("Name", upload.name),
+                            ("OurRef", reference),
+                            ("DocumentTemplate", template),
+                            ("Person", [("PersonId", person_id)]),
+                            ("Contact", [("ContactId", company_id)] if company_id else None),
+                        ],
+                    )
+                ],
+                what=f"create the document record for {upload.name!r} on person {person_id}",
+                write=True,
+            )
+        except _MaybeProcessed as exc:
+            with anyio.CancelScope(shield=True):
+                found = await self._find_document(reference)
+                removed = found is not None and await self._quietly(
+                    "Document", "DeleteDocumentEntity", [("DocumentEntityId", found)]
                 )
-            ],
-            what=f"create the document record for {upload.name!r} on person {person_id}",
-            write=True,
-        )
+            state = (
+                "the document it had created was found and removed again, nothing was stored"
+                if removed or found is None
+                else f"the empty document {found} could not be removed; delete it in SuperOffice"
+            )
+            raise BackendError(f"{exc}; {state}") from None
         document_id = integer(body, "Response", "DocumentId")
         if not document_id:
             raise BackendError(f"SuperOffice created no document record for {upload.name!r}")

@@ -343,6 +343,16 @@ async def test_a_message_whose_creation_answer_was_lost_is_found_and_removed(
     assert sim.messages.keys() == messages.keys()
 
 
+async def test_a_document_whose_creation_answer_was_lost_is_found_and_removed(
+    sim: SuperOfficeSimulator, crm: SuperOfficeBackend
+) -> None:
+    sim.fail("SaveDocumentEntity", "drop")
+    with pytest.raises(BackendError, match="found and removed"):
+        await crm.upload_attachment("contact", str(JOHN_BEST), upload(b"x" * 5000))
+    assert sim.calls("DeleteDocumentEntity")
+    assert sim.documents == {}
+
+
 async def test_a_truncated_source_sends_no_complete_upload(sim: SuperOfficeSimulator, crm: SuperOfficeBackend) -> None:
     before = await crm.list_case_files(str(PRINTER_TICKET), limit=100, cursor=None)
     with pytest.raises(BackendError, match="truncated"):

@@ -215,6 +215,22 @@ async def upload(w: World) -> tuple[str, Callable[[], Awaitable[str | None]]]:
     return error, check
 
 
+async def upload_to_contact(w: World) -> tuple[str, Callable[[], Awaitable[str | None]]]:
+    result, error = await w.tool(
+        "upload_attachment", record_type="contact", record_id=w.contact_id, file_name="note.bin", path="new.bin"
+    )
+
+    async def check() -> str | None:
+        if result is None:
+            return None  # what a failed upload may leave is judged by the inventory
+        data, message = await w.read(result["resource_uri"])
+        if data != UPLOAD:
+            return f"the uploaded file reads back wrong ({message or len(data or b'')})"
+        return None
+
+    return error, check
+
+
 async def bind_photo(w: World) -> tuple[str, Callable[[], Awaitable[str | None]]]:
     result, error = await w.tool("bind_photo", contact_id=w.contact_id, path="face.png")
 
@@ -254,6 +270,7 @@ OPERATIONS: dict[str, tuple[Operation, bool]] = {
     "read resource": (read_file, False),
     "save_file": (save_file, False),
     "upload_attachment": (upload, True),
+    "upload_attachment to a contact": (upload_to_contact, True),
     "bind_photo": (bind_photo, True),
     "get_contact_photo": (contact_photo, False),
 }

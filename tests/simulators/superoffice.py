@@ -503,6 +503,7 @@ class _Document:
     name: str
     person: int
     path: Path | None = None
+    our_ref: str = ""
 
 
 @dataclass
@@ -1005,6 +1006,12 @@ class SuperOfficeSimulator:
         elif provider.lower() == "findticket":
             rows = [(tid, {"ticketId": str(tid), "title": t}) for tid, t in sorted(self.service_tickets.items())]
             entity = "ticket"
+        elif provider.lower() == "document":
+            rows = [
+                (did, {"documentId": str(did), "ourref": d.our_ref, "name": d.name, "personId": str(d.person)})
+                for did, d in sorted(self.documents.items())
+            ]
+            entity = "document"
         elif provider.lower() == "ticketmessage":
             rows = [
                 (
@@ -1092,7 +1099,9 @@ class SuperOfficeSimulator:
         if _int(entity, "DocumentId") != 0:
             raise SoapFault("This simulator only creates documents", "NotSupportedException")
         document_id = self.new_id()
-        self.documents[document_id] = _Document(_str(entity, "Header"), _str(entity, "Name"), person_id)
+        self.documents[document_id] = _Document(
+            _str(entity, "Header"), _str(entity, "Name"), person_id, our_ref=_str(entity, "OurRef")
+        )
         return [("Response", self._document_value(document_id))]
 
     def _op_GetDocumentEntity(self, args: dict[str, ET.Element]) -> list[tuple[str, Value]]:
