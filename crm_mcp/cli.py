@@ -85,6 +85,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="HOST[:PORT]",
         help="HTTP: extra Host header value to accept (DNS-rebinding protection); repeatable",
     )
+    serve.add_argument(
+        "--read-only",
+        action="store_true",
+        help="offer no tool that changes a CRM (upload_attachment and bind_photo are not listed)",
+    )
     check = commands.add_parser("check", help="log in to every configured backend and report")
     common(check)
     return parser
@@ -123,6 +128,8 @@ def _is_loopback(host: str) -> bool:
 def _serve(args: argparse.Namespace, settings: Settings) -> None:
     from crm_mcp.server import build_server
 
+    if args.read_only:
+        settings = settings.model_copy(update={"read_only": True})
     server = build_server(settings)
     if args.transport == "stdio":
         server.run()

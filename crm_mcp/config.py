@@ -72,6 +72,8 @@ class Settings(BaseModel):
     limits: Limits = Limits()
     files: Files
     backends: dict[str, BackendSettings]
+    read_only: bool = False
+    """`crm-mcp serve --read-only`: no tool may change any CRM (the write tools are not even listed)."""
 
 
 def default_home(env: Mapping[str, str]) -> Path:

@@ -154,7 +154,7 @@ def build_server(settings: Settings, *, transport: httpx.AsyncBaseTransport | No
         version=__version__,
         lifespan=lifespan,
     )
-    register_tools(server)
+    register_tools(server, read_only=settings.read_only)
     register_prompts(server)
     register_completions(server)
     return server

@@ -219,6 +219,7 @@ async def upload_attachment(
     )
     app = _app(ctx)
     crm = app.backend(backend)
+    _refuse_read_only(app, crm.name, "upload_attachment")
     if record_type not in crm.capabilities.upload_record_types:
         allowed = ", ".join(crm.capabilities.upload_record_types)
         raise UnsupportedError(f"backend '{crm.name}' cannot attach files to a {record_type} (it supports: {allowed})")
@@ -252,6 +253,7 @@ async def bind_photo(
     )
     app = _app(ctx)
     crm = app.backend(backend)
+    _refuse_read_only(app, crm.name, "bind_photo")
     if not crm.capabilities.bind_photo:
         raise UnsupportedError(f"backend '{crm.name}' ({crm.vendor}) cannot set contact photos")
     context = SourceContext(app=app, progress=ThrottledProgress(ctx, "uploaded"))
@@ -385,7 +387,10 @@ async def list_backends(ctx: Context[Any, Any]) -> Annotated[CallToolResult, Lis
     app = _app(ctx)
     infos = [
         BackendInfo(
-            name=name, vendor=crm.vendor, default=name == app.settings.default_backend, capabilities=crm.capabilities
+            name=name,
+            vendor=crm.vendor,
+            default=name == app.settings.default_backend,
+            capabilities=crm.capabilities.model_copy(update={"read_only": _is_read_only(app, name)}),
         )
         for name, crm in app.backends.items()
     ]
@@ -397,11 +402,27 @@ async def list_backends(ctx: Context[Any, Any]) -> Annotated[CallToolResult, Lis
             f"- {info.name} ({info.vendor}{', default' if info.default else ''}): attach to "
             f"{', '.join(caps.upload_record_types)}; photos: {'yes' if caps.contact_photos else 'no'}; "
             f"find: {', '.join(caps.find_record_types)}; ids: {caps.id_format}"
+            + ("; read-only (no uploads, no photo changes)" if caps.read_only else "")
         )
     return _result(result, "\n".join(lines))
 
 
 # --------------------------------------------------------------------------------------- internals
+
+
+def _is_read_only(app: CrmApp, name: str) -> bool:
+    """`read_only = true` on the backend's table, or the whole server started with --read-only."""
+    configured = app.settings.backends.get(name)
+    return app.settings.read_only or (configured is not None and configured.read_only)
+
+
+def _refuse_read_only(app: CrmApp, name: str, tool: str) -> None:
+    """A backend configured with `read_only = true` is never written to, whatever the model asks."""
+    if _is_read_only(app, name):
+        raise UnsupportedError(
+            f"backend '{name}' is read-only (read_only = true in its configuration): {tool} cannot change it; "
+            "list_backends shows which backends accept writes"
+        )
 
 
 async def _write_atomically(
@@ -448,6 +469,10 @@ def _place(temp: Path, target: Path, overwrite: bool) -> None:
     temp.unlink()
 
 
+WRITE_TOOLS = frozenset({"upload_attachment", "bind_photo"})
+"""The tools that change a CRM; `crm-mcp serve --read-only` leaves them out. save_file stays: it
+writes only local files inside files.roots, never to a CRM."""
+
 _TOOLS: tuple[tuple[Any, str, ToolAnnotations], ...] = (
     (list_case_files, "List a case's files", READ_ONLY),
     (get_contact_photo, "Get a contact's photo", READ_ONLY),
@@ -473,8 +498,10 @@ _TOOLS: tuple[tuple[Any, str, ToolAnnotations], ...] = (
 )
 
 
-def register_tools(server: MCPServer[Any]) -> None:
-    """Add the eight tools with their titles and annotations."""
+def register_tools(server: MCPServer[Any], *, read_only: bool = False) -> None:
+    """Add the eight tools with their titles and annotations (six with `read_only`: no WRITE_TOOLS)."""
     for fn, title, hints in _TOOLS:
+        if read_only and fn.__name__ in WRITE_TOOLS:
+            continue
         # cleandoc: the docstring's indentation would otherwise reach the model as stray spaces.
         server.add_tool(fn, title=title, description=inspect.cleandoc(fn.__doc__ or ""), annotations=hints)

@@ -63,6 +63,9 @@ class BackendSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     vendor: str
+    read_only: bool = False
+    """`read_only = true`: the write tools (upload_attachment, bind_photo) refuse this backend, so a
+    CRM can be offered for reading without trusting the model with changes to it."""
 
 
 class RemoteSettings(BackendSettings):
@@ -122,6 +125,9 @@ class Capabilities(BaseModel):
     bind_photo: bool = Field(description="bind_photo works")
     find_record_types: list[FindType] = Field(description="record types find_records accepts")
     id_format: str = Field(description="what a record id looks like on this backend")
+    read_only: bool = Field(
+        default=False, description="true: this server will not write to this backend (upload_attachment, bind_photo)"
+    )
 
 
 @dataclass
