@@ -41,6 +41,7 @@ import anyio
 import httpx
 from pydantic import SecretStr, field_validator, model_validator
 
+from crm_mcp.backends._streams import checked_upload
 from crm_mcp.backends.base import (
     BackendContext,
     BackendSettings,
@@ -879,34 +880,12 @@ class CreatioBackend:
             "PUT",
             self._odata(f"{table}({record_id})/Data"),
             what=what,
-            content=self._counted(upload),
+            content=checked_upload(upload, self.context.max_transfer_bytes),
             headers={"Content-Type": "application/octet-stream", "Content-Length": str(upload.size)},
         )
         await response.aread()
         if response.status_code not in (200, 201, 204):
             raise await self._error(response, what)
-
-    async def _counted(self, upload: Upload) -> AsyncIterator[bytes]:
-        """The upload's chunks, stopped as soon as they pass the announced size or the limit, and
-        checked to be complete at the end, so a cut source never becomes a short file in the CRM."""
-        limit = self.context.max_transfer_bytes
-        sent = 0
-        async for chunk in upload.chunks:
-            sent += len(chunk)
-            if sent > limit:
-                raise TooLargeError(
-                    f"{upload.name!r} grew past this server's transfer limit of {limit:,} bytes "
-                    "(limits.max_transfer_bytes)"
-                )
-            if sent > upload.size:
-                raise BackendError(
-                    f"the source of {upload.name!r} sent more than the {upload.size:,} bytes it announced"
-                )
-            yield chunk
-        if sent != upload.size:
-            raise BackendError(
-                f"the source of {upload.name!r} ended after {sent:,} of {upload.size:,} bytes (truncated)"
-            )
 
     # ----------------------------------------------------------------------------------- find
 

@@ -44,6 +44,7 @@ from pydantic import SecretStr, field_validator, model_validator
 
 from crm_mcp.backends import _soap
 from crm_mcp.backends._soap import Ints, Stream, Strings, child, children, integer, text
+from crm_mcp.backends._streams import checked_upload
 from crm_mcp.backends.base import (
     BackendContext,
     BackendSettings,
@@ -650,27 +651,9 @@ class SuperOfficeBackend:
     def _check_upload(self, upload: Upload) -> None:
         self._check_size(upload.name, upload.size)
 
-    async def _counted(self, upload: Upload) -> AsyncIterator[bytes]:
-        """The upload's chunks, stopped as soon as they pass the announced size or the limit, and
-        checked to be complete at the end: a cut source fails the request instead of storing a short file."""
-        limit = self.context.max_transfer_bytes
-        sent = 0
-        async for chunk in upload.chunks:
-            sent += len(chunk)
-            if sent > limit:
-                raise TooLargeError(
-                    f"{upload.name!r} grew past this server's transfer limit of {limit:,} bytes "
-                    "(limits.max_transfer_bytes)"
-                )
-            if sent > upload.size:
-                raise BackendError(
-                    f"the source of {upload.name!r} sent more than the {upload.size:,} bytes it announced"
-                )
-            yield chunk
-        if sent != upload.size:
-            raise BackendError(
-                f"the source of {upload.name!r} ended after {sent:,} of {upload.size:,} bytes (truncated)"
-            )
+    def _payload_of(self, upload: Upload) -> Stream:
+        """The upload as a streamed `base64Binary` element, checked against the limit and its size."""
+        return Stream(checked_upload(upload, self.context.max_transfer_bytes), upload.size)
 
     async def upload_attachment(self, record_type: RecordType, record_id: str, upload: Upload) -> FileEntry:
         if record_type == "case":
@@ -716,7 +699,10 @@ class SuperOfficeBackend:
             await self._streamed_write(
                 "Ticket",
                 "UploadAttachment",
-                [("AttachmentId", attachment_id), ("Content", Stream(self._counted(upload), upload.size))],
+                [
+                    ("AttachmentId", attachment_id),
+                    ("Content", self._payload_of(upload)),
+                ],
                 f"upload the bytes of {upload.name!r}",
             )
             reference = secrets.token_hex(6)
@@ -851,7 +837,7 @@ class SuperOfficeBackend:
                 "SetDocumentStream",
                 [
                     ("DocumentEntity", [("DocumentId", document_id)]),
-                    ("Stream", Stream(self._counted(upload), upload.size)),
+                    ("Stream", self._payload_of(upload)),
                     ("Force", True),
                 ],
                 f"upload the bytes of {upload.name!r}",
@@ -938,7 +924,7 @@ class SuperOfficeBackend:
             "SaveImageStream",
             [
                 ("Type", "PersonImage"),
-                ("Image", Stream(self._counted(upload), upload.size)),
+                ("Image", self._payload_of(upload)),
                 ("Description", upload.name),
             ],
             f"store the image {upload.name!r}",

@@ -1,4 +1,4 @@
-"""The shared streaming base64 encoder."""
+"""The shared stream helpers: the streaming base64 encoder and the checked upload body."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from crm_mcp.backends._streams import base64_encoded, base64_length
+from crm_mcp.backends._streams import base64_encoded, base64_length, checked_upload
+from crm_mcp.backends.base import Upload
+from crm_mcp.errors import BackendError, TooLargeError
 
 pytestmark = pytest.mark.anyio
 
@@ -43,3 +45,30 @@ async def test_empty_input_gives_empty_text() -> None:
 async def test_piece_must_be_whole_groups() -> None:
     with pytest.raises(ValueError, match="multiple of 3"):
         _ = [piece async for piece in base64_encoded(pieces_of(b"abc", [3]), piece=4)]
+
+
+async def _pieces(*chunks: bytes) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+
+
+async def test_checked_upload_passes_a_source_that_keeps_its_word() -> None:
+    upload = Upload("a.bin", "application/octet-stream", 6, _pieces(b"abc", b"def"))
+    assert [chunk async for chunk in checked_upload(upload, limit=100)] == [b"abc", b"def"]
+
+
+@pytest.mark.parametrize(
+    ("size", "limit", "error", "words"),
+    [
+        (4, 100, BackendError, "more than the 4 bytes it announced"),
+        (9, 100, BackendError, "ended after 6 of 9 bytes"),
+        (6, 5, TooLargeError, "transfer limit of 5 bytes"),
+    ],
+)
+async def test_checked_upload_stops_a_source_that_does_not(
+    size: int, limit: int, error: type[Exception], words: str
+) -> None:
+    upload = Upload("a.bin", "application/octet-stream", size, _pieces(b"abc", b"def"))
+    with pytest.raises(error, match=words):
+        async for _ in checked_upload(upload, limit=limit):
+            pass
