@@ -55,7 +55,7 @@ class CrmServer(MCPServer[CrmApp]):
         except UnexpectedToolError as exc:
             cause = exc.__cause__
             if isinstance(cause, CrmError):
-                raise ToolError(str(cause)) from cause
+                raise ToolError(_bounded(str(cause))) from cause
             # A bug or an answer nobody foresaw. The SDK would say only "Error executing tool"; the
             # exception's own text may carry URLs or payloads, so name its type and point at the log.
             logger.error("tool %s failed unexpectedly", name, exc_info=cause)
@@ -121,6 +121,18 @@ class CrmServer(MCPServer[CrmApp]):
             raise ResourceNotFoundError(str(exc)) from exc
         except CrmError as exc:
             raise ResourceError(str(exc)) from exc
+
+
+MAX_ERROR_LENGTH = 1000
+"""Longest tool error message. Messages quote the value they refuse; when that value is a whole
+document sent as an id, the middle is cut, keeping the start (what was wrong) and the end (how to fix it)."""
+
+
+def _bounded(message: str) -> str:
+    if len(message) <= MAX_ERROR_LENGTH:
+        return message
+    keep = (MAX_ERROR_LENGTH - 40) // 2
+    return f"{message[:keep]}…[{len(message) - 2 * keep:,} characters cut]…{message[-keep:]}"
 
 
 def _describe_validation(tool: str, error: ValidationError) -> str:

@@ -46,6 +46,7 @@ __all__ = [
     "encode_cursor",
     "require_guid",
     "require_opaque_id",
+    "shown_id",
 ]
 
 RecordType = Literal["case", "contact", "account"]
@@ -243,22 +244,35 @@ def _is(value: object, kind: type[str] | type[int]) -> bool:
     return isinstance(value, kind)
 
 
+_SHOWN_ID_LENGTH = 60
+
+
+def shown_id(value: object) -> str:
+    """A refused id as an error message quotes it: `repr`, cut to a readable length, so a model
+    that sent a whole document as an id gets a sentence back, not the document."""
+    text = repr(value)
+    return (
+        text if len(text) <= _SHOWN_ID_LENGTH else f"{text[: _SHOWN_ID_LENGTH - 1]}… ({len(str(value)):,} characters)"
+    )
+
+
 def require_guid(value: str, what: str) -> str:
     """Return `value` as a canonical lower-case GUID, or raise a clear `InvalidInputError`."""
     try:
         return str(uuid.UUID(value.strip()))
     except (ValueError, AttributeError):
         raise InvalidInputError(
-            f"{what} {value!r} is not a valid id: this backend uses GUIDs such as "
+            f"{what} {shown_id(value)} is not a valid id: this backend uses GUIDs such as "
             "'3f2504e0-4f89-11d3-9a0c-0305e82c3301'. Use find_records to look the id up."
         ) from None
 
 
 def require_opaque_id(value: str, what: str) -> str:
     """Check an id that travels inside a `crm://` URI: URI-unreserved characters only."""
-    if not _UNRESERVED.match(value):
+    # "." and ".." are unreserved too, but in a URL path they mean "here" and "up": never an id.
+    if not isinstance(value, str) or not _UNRESERVED.match(value) or not value.strip("."):
         raise InvalidInputError(
-            f"{what} {value!r} is not a valid id: ids use only letters, digits and '-._~' "
+            f"{what} {shown_id(value)} is not a valid id: ids use only letters, digits and '-._~' "
             "(copy the id exactly as list_case_files or find_records returned it)."
         )
     return value
