@@ -24,6 +24,7 @@ from crm_mcp import __version__
 from crm_mcp.app import build_backends
 from crm_mcp.config import Settings, load_settings
 from crm_mcp.errors import ConfigError, CrmError
+from crm_mcp.redaction import Redactor
 
 __all__ = ["BearerTokenMiddleware", "main"]
 
@@ -98,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
 async def _check(settings: Settings) -> int:
     """One line per backend; exit status 1 if any failed. Messages are our own errors' (no secrets)."""
     failures = 0
+    redactor = Redactor.for_models(settings.backends.values())
     where = settings.source or "defaults (no configuration file)"
     print(f"configuration: {where}")
     for name, backend in build_backends(settings).items():
@@ -106,7 +108,7 @@ async def _check(settings: Settings) -> int:
                 detail = await backend.check()
         except CrmError as exc:
             failures += 1
-            print(f"{name} ({backend.vendor}): FAILED — {exc}")
+            print(f"{name} ({backend.vendor}): FAILED — {redactor.redact(str(exc))}")
         except Exception as exc:  # a bug or an unexpected network failure: say which, not its internals
             failures += 1
             logger.debug("check of %s failed", name, exc_info=True)

@@ -29,6 +29,7 @@ from crm_mcp.config import Settings
 from crm_mcp.errors import CrmError, NotFoundError
 from crm_mcp.progress import ThrottledProgress
 from crm_mcp.prompts import register_prompts
+from crm_mcp.redaction import Redactor
 from crm_mcp.tools import register_tools
 
 __all__ = ["CrmServer", "build_server"]
@@ -46,6 +47,9 @@ over base64. list_backends shows the configured CRMs; every tool takes an option
 class CrmServer(MCPServer[CrmApp]):
     """`MCPServer` with crm-mcp's resource routing and error messages (see the module docstring)."""
 
+    redactor: Redactor = Redactor(())
+    """Cuts secrets out of every error message (`build_server` gives it the configured ones)."""
+
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[CrmApp, Any] | None = None
     ) -> CallToolResult | InputRequiredResult:
@@ -55,7 +59,7 @@ class CrmServer(MCPServer[CrmApp]):
         except UnexpectedToolError as exc:
             cause = exc.__cause__
             if isinstance(cause, CrmError):
-                raise ToolError(_bounded(str(cause))) from cause
+                raise ToolError(_bounded(self.redactor.redact(str(cause)))) from cause
             # A bug or an answer nobody foresaw. The SDK would say only "Error executing tool"; the
             # exception's own text may carry URLs or payloads, so name its type and point at the log.
             logger.error("tool %s failed unexpectedly", name, exc_info=cause)
@@ -118,9 +122,9 @@ class CrmServer(MCPServer[CrmApp]):
         try:
             return [await resources.read_resource(app, text, ThrottledProgress(context, "read"))]
         except NotFoundError as exc:
-            raise ResourceNotFoundError(str(exc)) from exc
+            raise ResourceNotFoundError(_bounded(self.redactor.redact(str(exc)))) from exc
         except CrmError as exc:
-            raise ResourceError(str(exc)) from exc
+            raise ResourceError(_bounded(self.redactor.redact(str(exc)))) from exc
 
 
 MAX_ERROR_LENGTH = 1000
@@ -166,6 +170,7 @@ def build_server(settings: Settings, *, transport: httpx.AsyncBaseTransport | No
         version=__version__,
         lifespan=lifespan,
     )
+    server.redactor = Redactor.for_models(settings.backends.values())
     register_tools(server, read_only=settings.read_only)
     register_prompts(server)
     register_completions(server)
