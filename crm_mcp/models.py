@@ -23,6 +23,7 @@ __all__ = [
     "FoundRecord",
     "ListBackendsResult",
     "PhotoInfo",
+    "PreviewInfo",
     "ReadFileResult",
     "SaveFileResult",
     "UploadResult",
@@ -78,22 +79,39 @@ class PhotoInfo(BaseModel):
         )
 
 
+class PreviewInfo(BaseModel):
+    """The downscaled copy shown inline when the photo itself is over `limits.inline_bytes`."""
+
+    mime_type: str
+    size: int = Field(description="bytes of the preview image")
+    width: int
+    height: int
+
+
 class ContactPhotoResult(BaseModel):
     backend: str
     contact_id: str
     photo: PhotoInfo | None = Field(description="null when the contact has no photo")
+    shown_inline: Literal["photo", "preview", "none"] = Field(
+        default="none",
+        description="'photo': the photo itself is the image block; 'preview': a smaller copy is (the full photo "
+        "is the resource link); 'none': no image block (the text says why)",
+    )
+    preview: PreviewInfo | None = Field(default=None, description="the inline preview, when shown_inline is 'preview'")
 
 
 class UploadResult(FileInfo):
     backend: str
     record_type: RecordType
     record_id: str
+    sha256: str = Field(description="SHA-256 (hex) of the bytes sent to the CRM, computed while they streamed")
 
 
 class BindPhotoResult(BaseModel):
     backend: str
     contact_id: str
     photo: PhotoInfo
+    sha256: str = Field(description="SHA-256 (hex) of the image bytes sent to the CRM, computed while they streamed")
 
 
 class FoundRecord(BaseModel):
@@ -122,6 +140,7 @@ class ReadFileResult(BaseModel):
         description="the file's text when returned_as is 'text' (also here because some clients show the model "
         "only the structured result), else null",
     )
+    sha256: str = Field(description="SHA-256 (hex) of the file's bytes as read")
 
 
 class SaveFileResult(BaseModel):

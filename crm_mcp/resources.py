@@ -16,7 +16,7 @@ from mcp.types import Resource, ResourceTemplate
 
 from crm_mcp.app import CrmApp
 from crm_mcp.backends.base import Download
-from crm_mcp.errors import TooLargeError
+from crm_mcp.errors import BackendError, TooLargeError
 from crm_mcp.progress import Progress
 from crm_mcp.uris import BACKENDS_URI, FILE_TEMPLATE, PHOTO_TEMPLATE, parse_crm_uri
 
@@ -27,6 +27,7 @@ __all__ = [
     "open_resource",
     "read_all",
     "read_resource",
+    "too_large_message",
 ]
 
 
@@ -87,16 +88,23 @@ async def open_resource(app: CrmApp, uri: str) -> AsyncIterator[Download]:
 
 
 async def read_all(download: Download, limit: int, progress: Progress | None = None) -> bytes:
-    """Collect a download into memory, refusing anything over `limit` bytes as soon as it shows."""
+    """Collect a download into memory, refusing anything over `limit` bytes as soon as it shows:
+    before the first byte when the size is announced, else at the chunk that passes the limit (the
+    rest is never read). A stream that ends short of its announced size is an error, not a file."""
     if download.size is not None and download.size > limit:
-        raise TooLargeError(_too_large(download.name, download.size, limit))
+        raise TooLargeError(too_large_message(download.name, download.size, limit))
     buffer = bytearray()
     async for chunk in download.chunks:
         buffer += chunk
         if len(buffer) > limit:
-            raise TooLargeError(_too_large(download.name, len(buffer), limit))
+            raise TooLargeError(too_large_message(download.name, None, limit))
         if progress is not None:
             await progress(len(buffer), download.size)
+    if download.size is not None and len(buffer) != download.size:
+        raise BackendError(
+            f"the CRM sent {len(buffer):,} bytes of {download.name!r} but announced {download.size:,}; "
+            "the transfer was incomplete, so nothing is returned. Try again."
+        )
     return bytes(buffer)
 
 
@@ -110,8 +118,11 @@ async def read_resource(app: CrmApp, uri: str, progress: Progress | None = None)
         return ReadResourceContents(content=data, mime_type=download.mime_type)
 
 
-def _too_large(name: str, size: int, limit: int) -> str:
+def too_large_message(name: str, size: int | None, limit: int) -> str:
+    """Why a file cannot be read (size None: its size was not announced and the read stopped at the limit)."""
+    what = f"is {size:,} bytes, over" if size is not None else "has no announced size and grew past"
     return (
-        f"{name!r} is {size:,} bytes, over this server's transfer limit of {limit:,} bytes "
-        "(limits.max_transfer_bytes). Ask the administrator to raise the limit."
+        f"{name!r} {what} this server's transfer limit of {limit:,} bytes (limits.max_transfer_bytes), so it "
+        "cannot be read through resources/read or read_file. save_file streams files to disk but has the same "
+        "limit: ask the server's administrator to raise limits.max_transfer_bytes."
     )

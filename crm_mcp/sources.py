@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import ipaddress
 import os
 import re
@@ -38,6 +39,7 @@ __all__ = [
     "CHUNK_SIZE",
     "SourceContext",
     "SourceSpec",
+    "StreamDigest",
     "check_file_name",
     "make_source",
     "open_source",
@@ -113,6 +115,24 @@ class SourceContext:
         return self.app.settings.limits.max_transfer_bytes
 
 
+class StreamDigest:
+    """SHA-256 and byte count of the bytes a backend pulled from an upload, taken as they pass: a
+    200 MB upload is hashed without being read twice or held in memory."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    async def wrap(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        async for chunk in chunks:
+            self._hash.update(chunk)
+            self.size += len(chunk)
+            yield chunk
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
 @dataclass
 class _Raw:
     name: str | None
@@ -123,9 +143,16 @@ class _Raw:
 
 @asynccontextmanager
 async def open_source(
-    spec: SourceSpec, context: SourceContext, *, file_name: str | None = None, mime_type: str | None = None
+    spec: SourceSpec,
+    context: SourceContext,
+    *,
+    file_name: str | None = None,
+    mime_type: str | None = None,
+    digest: StreamDigest | None = None,
 ) -> AsyncIterator[Upload]:
-    """Open the chosen source as an `Upload`, closing whatever it opened (file, HTTP response) after."""
+    """Open the chosen source as an `Upload`, closing whatever it opened (file, HTTP response) after.
+
+    With `digest`, the bytes the backend reads are counted and hashed on their way."""
     name = check_file_name(file_name) if file_name else None
     mime = normalize_mime(mime_type) if mime_type else None
     opener = _OPENERS[spec.kind]
@@ -139,6 +166,8 @@ async def open_source(
                 mime = raw.declared_mime
         if context.progress is not None:
             chunks = _reporting(chunks, raw.size, context.progress)
+        if digest is not None:
+            chunks = digest.wrap(chunks)
         yield Upload(name=final_name, mime_type=mime, size=raw.size, chunks=chunks)
 
 

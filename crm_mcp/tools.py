@@ -33,7 +33,7 @@ from pydantic import Field
 from crm_mcp.app import CrmApp
 from crm_mcp.backends.base import FindType, RecordType
 from crm_mcp.content import is_image, is_text
-from crm_mcp.errors import InvalidInputError, TooLargeError, UnsupportedError
+from crm_mcp.errors import BackendError, InvalidInputError, TooLargeError, UnsupportedError
 from crm_mcp.models import (
     BackendInfo,
     BindPhotoResult,
@@ -44,19 +44,25 @@ from crm_mcp.models import (
     FoundRecord,
     ListBackendsResult,
     PhotoInfo,
+    PreviewInfo,
     ReadFileResult,
     SaveFileResult,
     UploadResult,
 )
+from crm_mcp.previews import InlinePhoto, inline_photo
 from crm_mcp.progress import Progress, ThrottledProgress
-from crm_mcp.resources import open_resource, read_all
-from crm_mcp.sources import SourceContext, check_file_name, make_source, open_source, resolve_writable
+from crm_mcp.resources import open_resource, read_all, too_large_message
+from crm_mcp.sources import (
+    SourceContext,
+    StreamDigest,
+    check_file_name,
+    make_source,
+    open_source,
+    resolve_writable,
+)
 from crm_mcp.uris import parse_crm_uri
 
 __all__ = ["register_tools"]
-
-INLINE_IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
-"""Image types MCP clients render inline; others (TIFF, HEIC, SVG) are only linked."""
 
 BackendArg = Annotated[
     str,
@@ -180,20 +186,30 @@ async def get_contact_photo(
         f"photo_id={info.photo_id}; resource_uri={info.resource_uri}"
     )
     link = _photo_link(contact_id, info)
+    limits = app.settings.limits
+    shown = await inline_photo(crm, contact_id, info.mime_type, info.size, limits)
+    result.shown_inline = shown.kind
+    text += _inline_note(shown, limits.inline_bytes)
     image = None
-    limit = app.settings.limits.inline_bytes
-    if info.mime_type in INLINE_IMAGE_TYPES and (info.size is None or info.size <= limit):
-        async with crm.open_contact_photo(contact_id) as download:
-            try:
-                data = await read_all(download, limit)
-            except TooLargeError:
-                data = None
-        if data is not None:
-            image = ImageContent(type="image", data=base64.b64encode(data).decode(), mime_type=download.mime_type)
-            text += " (image included inline)"
-    if image is None:
-        text += f" (not inline: read it through the resource link; inline limit {limit:,} bytes)"
+    if shown.data is not None and shown.mime_type is not None:
+        image = ImageContent(type="image", data=base64.b64encode(shown.data).decode(), mime_type=shown.mime_type)
+    if shown.kind == "preview" and shown.data is not None and shown.mime_type is not None:
+        result.preview = PreviewInfo(
+            mime_type=shown.mime_type, size=len(shown.data), width=shown.width, height=shown.height
+        )
     return _result(result, text, image, link)
+
+
+def _inline_note(shown: InlinePhoto, limit: int) -> str:
+    if shown.kind == "photo":
+        return " (image included inline)"
+    if shown.kind == "preview":
+        return (
+            f". Shown inline: a {shown.width}x{shown.height} preview ({shown.mime_type}, {len(shown.data or b''):,} "
+            f"bytes) of the {shown.original_width}x{shown.original_height} photo, which is over the inline limit of "
+            f"{limit:,} bytes (limits.inline_bytes); the full photo is at the resource link."
+        )
+    return f". Not inline: {shown.reason}. The full photo is at the resource link (inline limit {limit:,} bytes)."
 
 
 async def upload_attachment(
@@ -224,11 +240,18 @@ async def upload_attachment(
         allowed = ", ".join(crm.capabilities.upload_record_types)
         raise UnsupportedError(f"backend '{crm.name}' cannot attach files to a {record_type} (it supports: {allowed})")
     context = SourceContext(app=app, progress=ThrottledProgress(ctx, "uploaded"))
-    async with open_source(source, context, file_name=file_name, mime_type=mime_type) as upload:
+    digest = StreamDigest()
+    async with open_source(source, context, file_name=file_name, mime_type=mime_type, digest=digest) as upload:
         entry = await crm.upload_attachment(record_type, record_id, upload)
+    _verify_sent(digest, upload.size, upload.name, entry.size, f"file_id={entry.file_id}")
     info = FileInfo.of(crm.name, entry)
-    result = UploadResult(**info.model_dump(), backend=crm.name, record_type=record_type, record_id=record_id)
-    text = f"Attached to {record_type} {record_id} on backend '{crm.name}':\n{_file_line(info)}"
+    result = UploadResult(
+        **info.model_dump(), backend=crm.name, record_type=record_type, record_id=record_id, sha256=digest.hexdigest()
+    )
+    text = (
+        f"Attached to {record_type} {record_id} on backend '{crm.name}':\n{_file_line(info)}\n"
+        f"Verified: {digest.size:,} bytes sent, sha256={result.sha256}"
+    )
     if info.name != upload.name:
         text += f"\nNote: the CRM stored the file as {info.name!r}, not {upload.name!r} (its name limits)."
     return _result(result, text, _link(info))
@@ -257,17 +280,21 @@ async def bind_photo(
     if not crm.capabilities.bind_photo:
         raise UnsupportedError(f"backend '{crm.name}' ({crm.vendor}) cannot set contact photos")
     context = SourceContext(app=app, progress=ThrottledProgress(ctx, "uploaded"))
-    async with open_source(source, context, file_name=file_name, mime_type=mime_type) as upload:
+    digest = StreamDigest()
+    async with open_source(source, context, file_name=file_name, mime_type=mime_type, digest=digest) as upload:
         if not is_image(upload.mime_type):
             raise InvalidInputError(
                 f"a photo must be an image, but the source is {upload.mime_type}; give a PNG, JPEG, GIF or WebP"
             )
         photo = await crm.bind_photo(contact_id, upload)
+    # The stored size is not compared: some CRMs re-encode or resize photos they are given.
+    _verify_sent(digest, upload.size, upload.name, None, f"photo_id={photo.photo_id}")
     info = PhotoInfo.of(crm.name, contact_id, photo)
-    result = BindPhotoResult(backend=crm.name, contact_id=contact_id, photo=info)
+    result = BindPhotoResult(backend=crm.name, contact_id=contact_id, photo=info, sha256=digest.hexdigest())
     text = (
         f"Photo of contact {contact_id} on backend '{crm.name}' is now {info.mime_type}, {_size(info.size)}; "
-        f"photo_id={info.photo_id}; resource_uri={info.resource_uri}"
+        f"photo_id={info.photo_id}; resource_uri={info.resource_uri}\n"
+        f"Verified: {digest.size:,} bytes sent, sha256={result.sha256}"
     )
     link = _photo_link(contact_id, info)
     return _result(result, text, link)
@@ -315,9 +342,14 @@ async def read_file(
     async with open_resource(app, resource_uri) as download:
         textual = is_text(download.mime_type)
         limit = max(limits.inline_text_bytes, limits.inline_bytes) if textual else limits.inline_bytes
+        transfer_limit = limits.max_transfer_bytes
+        if download.size is not None and download.size > transfer_limit:
+            raise TooLargeError(too_large_message(download.name, download.size, transfer_limit))
         try:
-            data = await read_all(download, limit)
+            data = await read_all(download, min(limit, transfer_limit), ThrottledProgress(ctx, "read"))
         except TooLargeError:
+            if transfer_limit <= limit:
+                raise TooLargeError(too_large_message(download.name, download.size, transfer_limit)) from None
             size = _size(download.size) if download.size is not None else f"over {limit:,} bytes"
             raise TooLargeError(
                 f"{download.name!r} ({download.mime_type}, {size}) is too large to return inline (limit {limit:,} "
@@ -342,8 +374,9 @@ async def read_file(
         size=len(data),
         returned_as=returned_as,
         text=text,
+        sha256=hashlib.sha256(data).hexdigest(),
     )
-    header = f"{download.name} ({download.mime_type}, {len(data):,} bytes) from {resource_uri}"
+    header = f"{download.name} ({download.mime_type}, {len(data):,} bytes, sha256={result.sha256}) from {resource_uri}"
     if text is not None:
         return _result(result, header + " — its text follows.", TextContent(type="text", text=text))
     blob = BlobResourceContents(uri=resource_uri, mime_type=download.mime_type, blob=base64.b64encode(data).decode())
@@ -456,6 +489,21 @@ async def _write_atomically(
         temp.unlink(missing_ok=True)  # noqa: ASYNC240 -- must run even when cancelled
         raise
     return size, digest.hexdigest()
+
+
+def _verify_sent(digest: StreamDigest, size: int, name: str, stored: int | None, where: str) -> None:
+    """The backend must have read every byte of the upload, and a CRM that reports the stored size
+    must report that many: otherwise the stored copy is not the file, and the caller must know."""
+    if digest.size != size:
+        raise BackendError(
+            f"verification failed: the CRM took {digest.size:,} of the {size:,} bytes of {name!r} and stored it "
+            f"({where}); that copy is incomplete, so remove it in the CRM and upload again"
+        )
+    if stored is not None and stored != size:
+        raise BackendError(
+            f"verification failed: {size:,} bytes of {name!r} were sent but the CRM reports {stored:,} stored "
+            f"({where}); check that copy in the CRM and upload again"
+        )
 
 
 def _place(temp: Path, target: Path, overwrite: bool) -> None:

@@ -163,7 +163,9 @@ async def test_photo_over_inline_limit_is_only_linked(make_settings: Callable[..
         contact_id = await find_one(client, "contact", "Alexander Wilson")
         result = await call(client, "get_contact_photo", contact_id=contact_id)
         assert [block.type for block in result.content] == ["text", "resource_link"]
-        assert "not inline" in text_of(result)
+        assert result.structured_content["shown_inline"] == "none"
+        # A 100-byte limit leaves no room even for a 16-pixel preview; the text says so.
+        assert "Not inline" in text_of(result) and "over the inline limit of 100 bytes" in text_of(result)
 
 
 async def test_photo_of_missing_contact_is_not_found(client: Client) -> None:
