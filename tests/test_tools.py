@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from mcp import Client
+from mcp.shared.exceptions import MCPError
 
 from crm_mcp.backends import _demo as demo
+from crm_mcp.backends.base import Download, FileEntry, RecordType, Upload
+from crm_mcp.backends.local import LocalBackend
 from crm_mcp.config import Settings
 from crm_mcp.server import build_server
 from tests.helpers import MISSING_GUID, PNG_1x1, all_files, call, error, find_one, ok, read_bytes, text_of
@@ -700,3 +705,149 @@ async def test_saved_files_are_private_to_their_owner(client: Client, files_root
         client, "save_file", resource_uri=f"crm://local/contacts/{demo.CONTACT_ALEXANDER_WILSON}/photo", path="a.png"
     )
     assert (files_root / "a.png").stat().st_mode & 0o777 == 0o600
+
+
+# ------------------------------------------- payload policy: transfer limit, verification, sha256
+
+
+def _unannounced_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Make the local store serve files without a size (as a CRM answering with chunked encoding
+    does); the returned list counts the bytes the streams handed out."""
+    opener = LocalBackend.open_file
+    handed_out = [0]
+
+    @asynccontextmanager
+    async def open_file(self: LocalBackend, file_id: str) -> AsyncIterator[Download]:
+        async with opener(self, file_id) as download:
+            original = download.chunks
+
+            async def chunks() -> AsyncIterator[bytes]:
+                async for chunk in original:
+                    for start in range(0, len(chunk), 1000):  # small pieces: where it stops shows
+                        handed_out[0] += len(chunk[start : start + 1000])
+                        yield chunk[start : start + 1000]
+
+            download.size = None
+            download.chunks = chunks()
+            yield download
+
+    monkeypatch.setattr(LocalBackend, "open_file", open_file)
+    return handed_out
+
+
+async def _uploaded(client: Client, size: int, name: str = "big.bin") -> dict[str, object]:
+    data = (bytes(range(256)) * (size // 256 + 1))[:size]
+    encoded = base64.b64encode(data).decode()
+    return await ok(client, "upload_attachment", record_id=CASE, file_name=name, content_base64=encoded)
+
+
+async def _stored_then_limited(make_settings: Callable[..., Settings], size: int, limit: int) -> tuple[str, Settings]:
+    """A file of `size` bytes stored by a server with the default limits, and the settings of the same
+    store with `max_transfer_bytes = limit` (an administrator lowered it, or the CRM has bigger files)."""
+    async with Client(build_server(make_settings())) as client:
+        uri = str((await _uploaded(client, size))["resource_uri"])
+    return uri, make_settings(f"[limits]\nmax_transfer_bytes = {limit}\n")
+
+
+async def test_read_file_over_the_transfer_limit_names_save_file(make_settings: Callable[..., Settings]) -> None:
+    uri, limited = await _stored_then_limited(make_settings, 50_000, 5000)
+    async with Client(build_server(limited)) as client:
+        message = await error(client, "read_file", resource_uri=uri)
+        assert "save_file" in message and "limits.max_transfer_bytes" in message
+        assert "50,000 bytes" in message and "5,000 bytes" in message
+        small = (await _uploaded(client, 4096, "ok.bin"))["resource_uri"]
+        assert (await ok(client, "read_file", resource_uri=small))["size"] == 4096
+
+
+async def test_read_file_of_a_stream_without_a_size_stops_at_the_limit(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri, limited = await _stored_then_limited(make_settings, 50_000, 5000)
+    async with Client(build_server(limited)) as client:
+        handed_out = _unannounced_sizes(monkeypatch)
+        message = await error(client, "read_file", resource_uri=uri)
+        assert "save_file" in message and "no announced size" in message
+        assert handed_out == [6000]  # read up to the first piece past 5,000 bytes, and no further
+
+
+async def test_resources_over_the_transfer_limit_name_save_file(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri, limited = await _stored_then_limited(make_settings, 50_000, 5000)
+    async with Client(build_server(limited)) as client:
+        with pytest.raises(MCPError) as known:
+            await client.read_resource(uri)
+        assert "50,000 bytes" in known.value.error.message and "save_file" in known.value.error.message
+        handed_out = _unannounced_sizes(monkeypatch)
+        with pytest.raises(MCPError) as unknown:
+            await client.read_resource(uri)
+        assert "no announced size" in unknown.value.error.message and "save_file" in unknown.value.error.message
+        assert handed_out == [6000]
+
+
+async def test_a_download_shorter_than_announced_is_an_error_not_a_file(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri = (await _uploaded(client, 8192))["resource_uri"]
+    opener = LocalBackend.open_file
+
+    @asynccontextmanager
+    async def short(self: LocalBackend, file_id: str) -> AsyncIterator[Download]:
+        async with opener(self, file_id) as download:
+            download.size = (download.size or 0) + 10  # the CRM announces more than it sends
+            yield download
+
+    monkeypatch.setattr(LocalBackend, "open_file", short)
+    assert "incomplete" in await error(client, "read_file", resource_uri=uri)
+    with pytest.raises(MCPError, match="incomplete"):
+        await client.read_resource(uri)
+
+
+async def test_upload_reports_the_sha256_of_the_bytes_sent(client: Client, files_root: Path) -> None:
+    data = bytes(range(256)) * 4000
+    (files_root / "data.bin").write_bytes(data)
+    result = await call(client, "upload_attachment", record_id=CASE, file_name="data.bin", path="data.bin")
+    uploaded = result.structured_content
+    assert uploaded["sha256"] == hashlib.sha256(data).hexdigest()
+    assert f"sha256={uploaded['sha256']}" in text_of(result) and f"{len(data):,} bytes sent" in text_of(result)
+    stored, _ = await read_bytes(client, uploaded["resource_uri"])
+    assert hashlib.sha256(stored).hexdigest() == uploaded["sha256"]
+    text = await ok(client, "upload_attachment", record_id=CASE, file_name="n.txt", content_text="héllo")
+    assert text["sha256"] == hashlib.sha256("héllo".encode()).hexdigest()
+
+
+async def test_bind_photo_reports_the_sha256_of_the_image_sent(client: Client) -> None:
+    result = await call(client, "bind_photo", contact_id=JOHN, content_base64=PNG_B64)
+    assert result.structured_content["sha256"] == hashlib.sha256(PNG_1x1).hexdigest()
+    assert f"sha256={hashlib.sha256(PNG_1x1).hexdigest()}" in text_of(result)
+
+
+async def test_read_file_reports_the_sha256_of_what_it_returns(client: Client) -> None:
+    for file in await all_files(client, CASE):
+        data, _ = await read_bytes(client, file["resource_uri"])
+        result = await call(client, "read_file", resource_uri=file["resource_uri"])
+        assert result.structured_content["sha256"] == hashlib.sha256(data).hexdigest()
+        assert result.structured_content["sha256"] in text_of(result)
+
+
+async def test_an_upload_the_crm_did_not_take_whole_is_reported_not_passed_off(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backend that stops reading early (a bug, or a CRM that cut the body) must not produce a
+    result claiming the file was stored."""
+    store = LocalBackend.upload_attachment
+
+    async def first_chunk_only(
+        self: LocalBackend, record_type: RecordType, record_id: str, upload: Upload
+    ) -> FileEntry:
+        first = await anext(upload.chunks)
+
+        async def one() -> AsyncIterator[bytes]:
+            yield first
+
+        entry = await store(self, record_type, record_id, replace(upload, size=len(first), chunks=one()))
+        return entry.model_copy(update={"size": upload.size})
+
+    monkeypatch.setattr(LocalBackend, "upload_attachment", first_chunk_only)
+    message = await error(client, "upload_attachment", record_id=CASE, file_name="h.txt", content_text="x" * 600_000)
+    assert "verification failed" in message and "262,144 of the 600,000 bytes" in message
