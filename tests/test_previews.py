@@ -12,6 +12,7 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 from mcp import Client
 from PIL import Image
@@ -21,7 +22,8 @@ from crm_mcp.backends import _demo as demo
 from crm_mcp.config import Settings
 from crm_mcp.previews import INSTALL_HINT, MAX_PREVIEW_PIXELS, NoPreview, Preview, make_preview
 from crm_mcp.server import build_server
-from tests.helpers import call, ok, read_bytes, text_of
+from tests.faults.targets import TARGETS
+from tests.helpers import call, find_one, ok, read_bytes, text_of
 
 pytestmark = pytest.mark.anyio
 
@@ -299,3 +301,28 @@ async def test_previews_respect_a_configured_inline_limit(make_settings: Callabl
     async with Client(build_server(make_settings("[limits]\ninline_bytes = 20000\n"))) as client:
         result = await ok(client, "get_contact_photo", contact_id=demo.CONTACT_MARIA_GARCIA)
         assert result["shown_inline"] == "preview" and result["preview"]["size"] <= 20_000
+
+
+@pytest.mark.parametrize("vendor", ["creatio", "espocrm", "superoffice", "wello"])
+async def test_vendor_photos_over_the_limit_are_previewed(make_settings: Callable[..., Settings], vendor: str) -> None:
+    """Through each vendor's backend (Creatio announces no photo size: the preview path must not need one)."""
+    target = TARGETS[vendor]
+    sim = target.make()
+    photo = encoded(noisy((900, 600)), "JPEG", quality=95)
+    assert len(photo) > 100_000
+    settings = make_settings(target.toml(sim) + "\n[limits]\ninline_bytes = 100000\n")
+    async with Client(build_server(settings, transport=httpx.ASGITransport(app=sim))) as client:
+        contact_id = await find_one(client, "contact", "Alexander Wilson")
+        encoded_photo = base64.b64encode(photo).decode()
+        await ok(client, "bind_photo", contact_id=contact_id, content_base64=encoded_photo, file_name="big.jpg")
+        result = await call(client, "get_contact_photo", contact_id=contact_id)
+        assert not result.is_error, text_of(result)
+        assert result.structured_content["shown_inline"] == "preview"
+        preview = result.structured_content["preview"]
+        assert preview["size"] <= 100_000 and preview["width"] <= 900
+        assert preview["width"] / preview["height"] == pytest.approx(1.5, abs=0.01)
+        (image,) = [block for block in result.content if block.type == "image"]
+        shown = base64.b64decode(image.data)
+        assert len(shown) == preview["size"]
+        assert Image.open(io.BytesIO(shown)).size == (preview["width"], preview["height"])
+        assert "900x600 photo" in text_of(result)
