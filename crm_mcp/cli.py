@@ -26,7 +26,7 @@ from crm_mcp.config import Settings, load_settings
 from crm_mcp.errors import ConfigError, CrmError
 from crm_mcp.redaction import Redactor
 
-__all__ = ["BearerTokenMiddleware", "main"]
+__all__ = ["BearerTokenMiddleware", "BodyLimitMiddleware", "main"]
 
 TOKEN_ENV = "CRM_MCP_TOKEN"
 HEALTH_PATH = "/healthz"
@@ -164,6 +164,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
         transport_security=security,
         host=args.host,
     )
+    app = BodyLimitMiddleware(app, body_limit)
     if token:
         app = BearerTokenMiddleware(app, token, open_paths=(HEALTH_PATH,))
     logger.warning("crm-mcp %s starting on http://%s:%d%s", __version__, args.host, args.port, args.path)
@@ -185,6 +186,41 @@ def _allowed_hosts(host: str, extra: Sequence[str]) -> list[str]:
     else:
         names.add(f"[{host}]" if ":" in host else host)
     return sorted({*names, *(f"{name}:*" for name in names)})
+
+
+class BodyLimitMiddleware:
+    """Answers a request whose Content-Length is over `limit` with a 413 that says the limit and what
+    to do instead, before any of its body is read. (The SDK still stops a body without a length at
+    the same limit, with its own shorter 413.)"""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self._app = app
+        self._limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            length = dict(scope["headers"]).get(b"content-length", b"")
+            if length.isdigit() and int(length) > self._limit:
+                body = json.dumps(
+                    {
+                        "error": "request_too_large",
+                        "error_description": (
+                            f"the request body is {int(length):,} bytes, over this server's limit of "
+                            f"{self._limit:,} (limits.max_transfer_bytes as base64 plus 1 MiB); send large files "
+                            "with upload_attachment's path or url source instead of content_base64"
+                        ),
+                    }
+                )
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 413,
+                        "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body.encode()})
+                return
+        await self._app(scope, receive, send)
 
 
 class BearerTokenMiddleware:
