@@ -12,6 +12,7 @@ request on the event loop.
 from __future__ import annotations
 
 import io
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -38,6 +39,8 @@ __all__ = [
     "make_preview",
     "pillow_available",
 ]
+
+logger = logging.getLogger(__name__)
 
 INLINE_IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
 """Image types MCP clients render inline; others (TIFF, BMP) can only be shown as a preview."""
@@ -190,6 +193,12 @@ def render_preview(data: bytes, limit: int) -> Preview | NoPreview:
     except Image.DecompressionBombError:
         return NoPreview("no preview is shown because the image has too many pixels to decode safely")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
+        return NoPreview(
+            "no preview is shown because the photo's bytes could not be decoded as an image "
+            f"(corrupt, truncated or an unsupported format: {type(exc).__name__})"
+        )
+    except Exception as exc:  # a decoder's own bug on hostile bytes: still no reason to fail the tool
+        logger.warning("making a preview failed", exc_info=exc)
         return NoPreview(
             "no preview is shown because the photo's bytes could not be decoded as an image "
             f"(corrupt, truncated or an unsupported format: {type(exc).__name__})"
