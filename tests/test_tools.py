@@ -666,6 +666,7 @@ async def test_every_tool_result_matches_its_schema_and_its_text_is_complete(cli
     calls: list[tuple[str, dict[str, object]]] = [
         ("list_case_files", {"case_id": CASE, "limit": 2}),
         ("get_contact_photo", {"contact_id": demo.CONTACT_ALEXANDER_WILSON}),
+        ("get_contact_photo", {"contact_id": demo.CONTACT_MARIA_GARCIA}),  # a preview (Pillow) of a large photo
         ("get_contact_photo", {"contact_id": JOHN}),
         ("upload_attachment", {"record_id": JOHN, "record_type": "contact", "file_name": "x.txt", "content_text": "x"}),
         ("bind_photo", {"contact_id": demo.CONTACT_MARIA_GARCIA, "content_base64": PNG_B64}),
