@@ -24,7 +24,7 @@ from crm_mcp import __version__
 from crm_mcp.app import build_backends
 from crm_mcp.config import Settings, load_settings
 from crm_mcp.errors import ConfigError, CrmError
-from crm_mcp.redaction import Redactor
+from crm_mcp.redaction import RedactingFilter, Redactor
 
 __all__ = ["BearerTokenMiddleware", "BodyLimitMiddleware", "main"]
 
@@ -50,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"crm-mcp: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
+    redacting = RedactingFilter(Redactor.for_models(settings.backends.values()))
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(redacting)
     if args.command == "check":
         raise SystemExit(anyio.run(_check, settings))
     _serve(args, settings)

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import re
 from collections.abc import Iterable
 from urllib.parse import quote
 
 from pydantic import BaseModel, SecretStr
 
-__all__ = ["REDACTED", "Redactor"]
+__all__ = ["REDACTED", "RedactingFilter", "Redactor"]
 
 REDACTED = "[redacted]"
 _SENSITIVE_HEADER = re.compile(
@@ -75,6 +76,26 @@ class Redactor:
             if any(secret in decoded for secret in self._secrets):
                 return REDACTED
         return token
+
+
+class RedactingFilter(logging.Filter):
+    """Passes every log record through a `Redactor`: its message with the arguments filled in, and
+    the traceback of a logged exception (whose messages may quote a CRM's answer). Installed on the
+    log handlers once the configuration (and so the secrets) is known."""
+
+    def __init__(self, redactor: Redactor) -> None:
+        super().__init__()
+        self.redactor = redactor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = self.redactor.redact(record.getMessage())
+        record.args = None
+        if record.exc_info:
+            record.exc_text = self.redactor.redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        if record.stack_info:
+            record.stack_info = self.redactor.redact(record.stack_info)
+        return True
 
 
 def _secret_values(model: BaseModel) -> Iterable[str]:

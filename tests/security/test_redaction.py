@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import io
+import logging
 
 import pytest
 from pydantic import BaseModel, SecretStr
 
-from crm_mcp.redaction import REDACTED, Redactor
+from crm_mcp.redaction import REDACTED, RedactingFilter, Redactor
 
 SECRET = "pw-Q7x9Zk2Lm"
 redactor = Redactor([SECRET])
@@ -68,3 +70,25 @@ def test_secrets_are_found_in_settings_models() -> None:
         [Table(vendor="x", password=SecretStr("aa-secret-1"), inner=Inner(token="bb-secret-2"))]
     )
     assert found.redact("aa-secret-1 and bb-secret-2 and x") == f"{REDACTED} and {REDACTED} and x"
+
+
+def test_log_records_and_their_tracebacks_are_redacted() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactingFilter(Redactor(["hunter2-secret"])))
+    log = logging.getLogger("tests.redaction")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        log.warning("login as %s with %s failed", "jane", "hunter2-secret")
+        try:
+            raise ValueError("the CRM answered: Cookie: .ASPXAUTH=abc123def456; password=hunter2-secret")
+        except ValueError:
+            log.exception("unexpected")
+    finally:
+        log.removeHandler(handler)
+    output = stream.getvalue()
+    assert "login as jane with [redacted] failed" in output
+    assert "Traceback" in output and "ValueError" in output  # the traceback is kept, only cleaned
+    assert "hunter2" not in output
+    assert "abc123def456" not in output
