@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import httpx
 
 from crm_mcp.backends import Backend, BackendContext, vendor_class
+from crm_mcp.backends.base import Capabilities
 from crm_mcp.config import Settings
 from crm_mcp.errors import NotFoundError
 
@@ -39,6 +40,15 @@ class CrmApp:
             raise NotFoundError(
                 f"there is no backend named {key!r}; configured backends: {names} (see list_backends)"
             ) from None
+
+    def read_only(self, name: str) -> bool:
+        """`read_only = true` on the backend's table, or the whole server started with --read-only."""
+        configured = self.settings.backends.get(name)
+        return self.settings.read_only or (configured is not None and configured.read_only)
+
+    def capabilities(self, name: str) -> Capabilities:
+        """What backend `name` can do here: its own capabilities, with this server's read-only setting."""
+        return self.backends[name].capabilities.model_copy(update={"read_only": self.read_only(name)})
 
 
 def build_backends(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> dict[str, Backend]:

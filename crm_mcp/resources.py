@@ -71,7 +71,7 @@ def backends_document(app: CrmApp) -> list[dict[str, object]]:
             "name": name,
             "vendor": backend.vendor,
             "default": name == app.settings.default_backend,
-            "capabilities": backend.capabilities.model_dump(),
+            "capabilities": app.capabilities(name).model_dump(),
         }
         for name, backend in app.backends.items()
     ]

@@ -423,7 +423,7 @@ async def list_backends(ctx: Context[Any, Any]) -> Annotated[CallToolResult, Lis
             name=name,
             vendor=crm.vendor,
             default=name == app.settings.default_backend,
-            capabilities=crm.capabilities.model_copy(update={"read_only": _is_read_only(app, name)}),
+            capabilities=app.capabilities(name),
         )
         for name, crm in app.backends.items()
     ]
@@ -443,15 +443,9 @@ async def list_backends(ctx: Context[Any, Any]) -> Annotated[CallToolResult, Lis
 # --------------------------------------------------------------------------------------- internals
 
 
-def _is_read_only(app: CrmApp, name: str) -> bool:
-    """`read_only = true` on the backend's table, or the whole server started with --read-only."""
-    configured = app.settings.backends.get(name)
-    return app.settings.read_only or (configured is not None and configured.read_only)
-
-
 def _refuse_read_only(app: CrmApp, name: str, tool: str) -> None:
     """A backend configured with `read_only = true` is never written to, whatever the model asks."""
-    if _is_read_only(app, name):
+    if app.read_only(name):
         raise UnsupportedError(
             f"backend '{name}' is read-only (read_only = true in its configuration): {tool} cannot change it; "
             "list_backends shows which backends accept writes"

@@ -81,6 +81,13 @@ async def test_list_backends_shows_which_backend_is_read_only(make_settings: Cal
         assert "read-only" not in lines["open"]
 
 
+async def test_the_backends_resource_shows_which_backend_is_read_only(make_settings: Callable[..., Settings]) -> None:
+    async with Client(build_server(make_settings(TWO_LOCAL))) as client:
+        (content,) = (await client.read_resource("crm://backends")).contents
+        shown = {item["name"]: item["capabilities"]["read_only"] for item in json.loads(content.text)["backends"]}
+    assert shown == {"open": False, "locked": True}
+
+
 @pytest.mark.parametrize("key", sorted(HARNESSES))
 async def test_every_vendor_accepts_read_only_and_refuses_writes(
     key: str, make_settings: Callable[..., Settings], tmp_path: Path
