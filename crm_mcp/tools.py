@@ -401,6 +401,9 @@ async def save_file(
     Returns the path written, the size and the SHA-256 of the bytes."""
     app = _app(ctx)
     parse_crm_uri(resource_uri)
+    # Refuse a path outside files.roots before asking the CRM for anything (the name is provisional:
+    # saving into a folder uses the file's own name, known once it is open).
+    resolve_writable(path, app.settings.files.roots, "file.bin")
     progress = ThrottledProgress(ctx, "saved")
     async with open_resource(app, resource_uri) as download:
         target = resolve_writable(path, app.settings.files.roots, download.name)

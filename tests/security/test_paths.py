@@ -103,6 +103,17 @@ async def test_save_to_a_refused_path_writes_nothing(
     assert after == before  # no new, changed or left-over temporary file anywhere
 
 
+async def test_a_refused_save_path_is_refused_before_the_crm_is_asked(
+    layout: Path, outside: Path, make_settings: Callable[..., Settings]
+) -> None:
+    # The file does not exist: were the CRM asked first, the error would be "not found".
+    missing = FILE_URI.rsplit("/", 1)[0] + "/no-such-file"
+    async with Client(build_server(make_settings())) as client:
+        message = await error(client, "save_file", resource_uri=missing, path=f"{outside}/new.csv")
+    assert "outside the folders this server may write" in message
+    assert "not found" not in message
+
+
 async def test_save_into_a_folder_uses_the_file_name_and_stays_inside(layout: Path, settings: Settings) -> None:
     async with Client(build_server(settings)) as client:
         saved = await ok(client, "save_file", resource_uri=FILE_URI, path="sub")
