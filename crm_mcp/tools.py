@@ -455,6 +455,11 @@ def _refuse_read_only(app: CrmApp, name: str, tool: str) -> None:
         )
 
 
+WRITE_PIECE = 1024 * 1024
+"""Bytes gathered before each write of `save_file`: every write is a worker-thread round trip, and
+vendors yield small chunks (≈48 KiB of decoded base64), so writing per chunk costs more than the disk."""
+
+
 async def _write_atomically(
     chunks: Any, target: Path, overwrite: bool, expected: int | None, limit: int, progress: Progress
 ) -> tuple[int, str]:
@@ -466,6 +471,7 @@ async def _write_atomically(
     temp = Path(temp_name)
     digest = hashlib.sha256()
     size = 0
+    pending = bytearray()  # chunks gathered up to WRITE_PIECE: one worker-thread hop per piece, not per chunk
     try:
         async with anyio.wrap_file(os.fdopen(fd, "wb")) as file:
             async for chunk in chunks:
@@ -475,8 +481,13 @@ async def _write_atomically(
                         f"the file is over this server's transfer limit of {limit:,} bytes (limits.max_transfer_bytes)"
                     )
                 digest.update(chunk)
-                await file.write(chunk)
+                pending += chunk
+                if len(pending) >= WRITE_PIECE:
+                    await file.write(pending)
+                    pending.clear()
                 await progress(size, expected)
+            if pending:
+                await file.write(pending)
             await file.flush()
             await anyio.to_thread.run_sync(os.fsync, file.fileno())
         if expected is not None and size != expected:

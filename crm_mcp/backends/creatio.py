@@ -623,8 +623,6 @@ class CreatioBackend:
         if limit < 1:
             raise InvalidInputError(f"limit must be at least 1, got {limit}")
         skip = 0 if cursor is None else decode_cursor(cursor, case_id, (int,))[0]
-        if skip == 0:
-            await self._require("Case", case_id)  # a missing case is an error, not an empty list
         rows = await self._rows(
             "CaseFile",
             {
@@ -636,6 +634,10 @@ class CreatioBackend:
             },
             f"list the files of case {case_id}",
         )
+        if skip == 0 and not rows:
+            # A missing case is an error, not an empty list. Checked only when nothing came back (a file
+            # row names its case), so a listing with files costs one request, not two in sequence.
+            await self._require("Case", case_id)
         more = len(rows) > limit
         entries = [_file_entry("CaseFile", row) for row in rows[:limit]]
         return FilePage(files=entries, next_cursor=encode_cursor(case_id, skip + limit) if more else None)

@@ -641,7 +641,6 @@ class WelloBackend:
         if limit < 1:
             raise InvalidInputError(f"limit must be at least 1, got {limit}")
         skip = 0 if cursor is None else decode_cursor(cursor, case_id, (int,))[0]
-        await self._require_record(self._case, case_id)
         files: list[FileEntry] = []
         offset = skip
         more = False
@@ -666,6 +665,10 @@ class WelloBackend:
                     files.append(_entry(row))
             if more or not rows or (len(rows) < want and not server_more):
                 break
+        if offset == skip:
+            # No row at all (not even an archived one): a missing case is an error, not an empty list.
+            # Checked only then (a file row names its case), so a listing with files skips this request.
+            await self._require_record(self._case, case_id)
         return FilePage(files=files, next_cursor=encode_cursor(case_id, offset) if more else None)
 
     async def _file_row(self, file_id: str) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from tests.simulators.creatio import (
     ALEXANDER_WILSON,
     EMPTY,
     JOHN_BEST,
+    OTHER_CASE,
     PRINTER_CASE,
     PRINTER_FILES,
     WILSON_PHOTO,
@@ -335,6 +336,20 @@ async def test_links_are_listed_as_links_and_have_no_bytes(crm: CreatioBackend) 
     assert {entry.file_id for entry in page.files if entry.kind == "file"} == set(PRINTER_FILES)
     with pytest.raises(InvalidInputError, match="link"):
         await read(crm, links[0].file_id)
+
+
+async def test_listing_checks_the_case_only_when_no_row_came_back(sim: CreatioSimulator, crm: CreatioBackend) -> None:
+    """A file row names its case, so a listing with rows needs no second request in sequence; an empty one
+    still tells an existing case without files from a missing case."""
+    page = await crm.list_case_files(PRINTER_CASE, limit=50, cursor=None)
+    assert page.files
+    assert [r.path for r in odata_requests(sim)] == [f"{ODATA}/CaseFile"]
+    sim.requests.clear()
+    empty = await crm.list_case_files(OTHER_CASE, limit=50, cursor=None)
+    assert (empty.files, empty.next_cursor) == ([], None)
+    assert [r.path for r in odata_requests(sim)] == [f"{ODATA}/CaseFile", f"{ODATA}/Case"]
+    with pytest.raises(NotFoundError, match=f"case {MISSING} was not found"):
+        await crm.list_case_files(MISSING, limit=5, cursor=None)
 
 
 async def test_missing_case_and_file_are_not_found(crm: CreatioBackend) -> None:

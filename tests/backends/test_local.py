@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from crm_mcp.backends import _demo, vendor_class
 from crm_mcp.backends.base import Backend, BackendContext, Download, FileEntry, Upload
-from crm_mcp.backends.local import SCHEMA_VERSION, LocalBackend, LocalSettings
+from crm_mcp.backends.local import CHUNK_SIZE, SCHEMA_VERSION, LocalBackend, LocalSettings
 from crm_mcp.errors import BackendError, InvalidInputError, NotFoundError, TooLargeError
 
 pytestmark = pytest.mark.anyio
@@ -344,11 +344,21 @@ async def test_upload_round_trips_bytes_size_and_hash(crm: LocalBackend, store: 
         assert (download.name, download.mime_type, download.size) == ("blob.bin", "application/octet-stream", 256_000)
         chunks = [chunk async for chunk in download.chunks]
     assert b"".join(chunks) == payload
-    assert max(len(chunk) for chunk in chunks) <= 64 * 1024
     with sqlite3.connect(store / "crm.sqlite3") as conn:
         (sha,) = conn.execute("SELECT sha256 FROM files WHERE file_id = ?", (entry.file_id,)).fetchone()
     assert sha == hashlib.sha256(payload).hexdigest()
     assert entry.file_id in [file.file_id for file in await all_files(crm, PRINTER)]
+
+
+async def test_large_file_is_read_in_pieces_of_one_mib(store: Path) -> None:
+    """Each read is a worker-thread round trip: 1 MiB pieces keep them few, and memory stays one piece."""
+    payload = os.urandom(2 * CHUNK_SIZE + 12_345)
+    async with make(store, limit=10 * CHUNK_SIZE) as crm:
+        entry = await crm.upload_attachment("case", PRINTER, upload_of(payload, "big.bin"))
+        async with crm.open_file(entry.file_id) as download:
+            sizes = [len(chunk) async for chunk in download.chunks]
+    assert CHUNK_SIZE == 1024 * 1024
+    assert sizes == [CHUNK_SIZE, CHUNK_SIZE, 12_345]
 
 
 @pytest.mark.parametrize(("record_type", "record_id"), [("contact", WILSON), ("account", _demo.ACCOUNT_CONTOSO)])

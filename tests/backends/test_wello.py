@@ -270,6 +270,21 @@ async def test_listing_never_transfers_file_content(crm: WelloBackend, sim: Well
     assert sum(r.response_bytes for r in sim.requests) < 10_000
 
 
+async def test_listing_checks_the_case_only_when_no_row_came_back(crm: WelloBackend, sim: WelloSimulator) -> None:
+    """A file row names its case, so a listing with rows needs no lookup of the case first; an empty one
+    still tells an existing case without files from a missing case."""
+    page = await crm.list_case_files(simulator.JOB_PRINTER, limit=50, cursor=None)
+    assert page.files
+    assert {r.path for r in sim.requests} == {"/api/DbFile"}
+    empty_case = sim.add(simulator.TABLE_SETS["jobs"], reference="JOB-1003", subject="Nothing attached yet")
+    sim.requests.clear()
+    empty = await crm.list_case_files(empty_case, limit=50, cursor=None)
+    assert (empty.files, empty.next_cursor) == ([], None)
+    assert [r.path for r in sim.requests] == ["/api/DbFile", "/api/Jobs"]
+    with pytest.raises(NotFoundError, match="not found"):
+        await crm.list_case_files("6f1c2a4e-0000-4000-8000-000000000000", limit=5, cursor=None)
+
+
 async def test_wellos_defaults_instead_of_nulls_are_understood(crm: WelloBackend, sim: WelloSimulator) -> None:
     """Wello stores no nulls: an unset text is "", an unset GUID all zeros, an unset date 1980-01-01."""
     file_id = sim.add_file("jobs", simulator.JOB_PRINTER, "plain", "", b"abc", file_name=None, date_add=None)
