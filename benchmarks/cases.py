@@ -28,7 +28,7 @@ import anyio.to_thread
 import httpx
 
 from benchmarks.figures import TIMES, Figure, Series
-from benchmarks.procmem import MiB, cpu_seconds, memory, reset_peak
+from benchmarks.procmem import MiB, cpu_seconds, memory, reset_peak, tree_cpu_seconds
 from benchmarks.recording import Exchange, UploadReplay, replay, replay_all, replay_client
 from benchmarks.rpc import HttpPeer, RpcError, StdioPeer
 from benchmarks.workspace import LISTED_FILES, Workspace, random_file, server_argv
@@ -58,6 +58,8 @@ class Sizes:
     concurrency_runs: int
     concurrency: int = 64
     latency: float = 0.05
+    workers: int = 1
+    """Case 5: `crm-mcp serve --transport http --workers N`."""
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -454,7 +456,7 @@ def _free_port() -> int:
 async def case_concurrency(ws: Workspace, sizes: Sizes) -> list[Figure]:
     port = _free_port()
     log = (ws.scratch / "crm-mcp-http.log").open("ab")
-    argv = server_argv(ws.config, "--transport", "http", "--port", str(port))
+    argv = server_argv(ws.config, "--transport", "http", "--port", str(port), "--workers", str(sizes.workers))
     process = await anyio.to_thread.run_sync(
         lambda: subprocess.Popen(argv, env=ws.env, cwd=ws.scratch, stdout=log, stderr=log)
     )
@@ -481,14 +483,16 @@ async def case_concurrency(ws: Workspace, sizes: Sizes) -> list[Figure]:
             await anyio.to_thread.run_sync(ws.simulator.set_latency, sizes.latency)
         for _ in range(2):
             await one(peer)
+        if sizes.workers > 1:
+            await _burst(peer.url, sizes.concurrency, one)  # every worker logs in and warms up
         for _ in range(sizes.concurrency_runs):
-            cpu_before = cpu_seconds(process.pid)
+            cpu_before = tree_cpu_seconds(process.pid)
             single = statistics.median([await one(peer) for _ in range(3)])
-            cpu_single.append((cpu_seconds(process.pid) - cpu_before) / 3)
-            cpu_before = cpu_seconds(process.pid)
+            cpu_single.append((tree_cpu_seconds(process.pid) - cpu_before) / 3)
+            cpu_before = tree_cpu_seconds(process.pid)
             crm_before = cpu_seconds(ws.simulator.pid) if ws.simulator is not None else 0.0
             burst = await _burst(peer.url, sizes.concurrency, one)
-            cpu_server.append((cpu_seconds(process.pid) - cpu_before) / sizes.concurrency)
+            cpu_server.append((tree_cpu_seconds(process.pid) - cpu_before) / sizes.concurrency)
             busy.append(cpu_server[-1] * sizes.concurrency / burst)
             if ws.simulator is not None:
                 cpu_crm.append((cpu_seconds(ws.simulator.pid) - crm_before) / sizes.concurrency)
@@ -503,6 +507,8 @@ async def case_concurrency(ws: Workspace, sizes: Sizes) -> list[Figure]:
         await anyio.to_thread.run_sync(process.wait)
         log.close()
     latency = f"{sizes.latency * 1000:.0f} ms per CRM request" if ws.simulator else "no CRM latency (local store)"
+    if sizes.workers > 1:
+        latency += f"; {sizes.workers} server processes"
     return [
         _ratio_figure(
             "5",

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Memory", "MiB", "cpu_seconds", "memory", "reset_peak"]
+__all__ = ["Memory", "MiB", "cpu_seconds", "memory", "reset_peak", "tree_cpu_seconds"]
 
 MiB = 1024 * 1024
 
@@ -37,6 +37,21 @@ def memory(pid: int) -> Memory:
 def reset_peak(pid: int) -> None:
     """Set the high-water mark of `pid` back to its current RSS (Linux >= 4.0, same user)."""
     Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of `pid` and its live descendants (a server's worker processes)."""
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            total += cpu_seconds(current)
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending.extend(int(child) for child in (task / "children").read_text().split())
+        except FileNotFoundError:
+            continue  # exited meanwhile
+    return total
 
 
 def cpu_seconds(pid: int) -> float:

@@ -49,10 +49,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, help="runs per figure (default: 5, quick: 2)")
     parser.add_argument("--no-readme", action="store_true", help="full run: print only, leave README.md alone")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (logs, configs) for inspection")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="case 5: serve HTTP with this many processes (not 1: prints only)"
+    )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     if args.runs:
         sizes = Sizes(**{**sizes.__dict__, "runs": args.runs})
+    if args.workers != 1:
+        if args.workers < 1:
+            parser.error("--workers must be at least 1")
+        sizes = Sizes(**{**sizes.__dict__, "workers": args.workers})
 
     scratch = Path(tempfile.mkdtemp(prefix="crm-mcp-bench-"))
     load_before = _load()
@@ -67,7 +74,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     elapsed = time.monotonic() - started
     context = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": "python -m benchmarks" + (" --quick" if args.quick else ""),
+        "command": "python -m benchmarks"
+        + (" --quick" if args.quick else "")
+        + (f" --workers {args.workers}" if args.workers != 1 else ""),
         "load_before": load_before,
         "load_after": _load(),
         "machine": f"{os.cpu_count()} CPUs, Linux {platform.release()}, Python {platform.python_version()}",
@@ -76,7 +85,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     table = render(figures, context)
     print(table)
-    if not args.quick and not args.no_readme and set(args.backends) == set(BACKENDS) and set(args.cases) == set(ORDER):
+    complete = set(args.backends) == set(BACKENDS) and set(args.cases) == set(ORDER)
+    if complete and not args.quick and not args.no_readme and args.workers == 1:
         write_readme(README, table)
         print(f"written to {README}", file=sys.stderr)
     if any(figure.met is False for figure in figures):

@@ -6,6 +6,7 @@ Logs go to stderr only: over stdio, stdout is the protocol channel.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hmac
 import ipaddress
 import json
@@ -32,6 +33,8 @@ TOKEN_ENV = "CRM_MCP_TOKEN"
 HEALTH_PATH = "/healthz"
 """GET → 200 once the backends are open; no token, so load balancers and orchestrators can probe it."""
 EXIT_CONFIG = 2
+WORKER_OPTIONS_ENV = "CRM_MCP_SERVE_OPTIONS"
+"""`serve --workers N` hands its options to the worker processes in this variable (JSON, no secrets)."""
 
 logger = logging.getLogger("crm_mcp")
 
@@ -39,23 +42,31 @@ logger = logging.getLogger("crm_mcp")
 def main(argv: Sequence[str] | None = None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "serve" and args.workers != 1 and (args.transport != "http" or args.workers < 1):
+        parser.error("--workers needs --transport http and a number of at least 1 (stdio has one client)")
+    settings = _settings_and_logging(args.config, args.log_level)
+    if args.command == "check":
+        raise SystemExit(anyio.run(_check, settings))
+    _serve(args, settings)
+
+
+def _settings_and_logging(config: str | None, log_level: str) -> Settings:
+    """Log to stderr through the redactor of the configured backends' secrets; the loaded settings."""
     logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
+        level=getattr(logging, log_level.upper()),
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     _quiet_http_libraries()
     try:
-        settings = load_settings(args.config)
+        settings = load_settings(config)
     except ConfigError as exc:
         print(f"crm-mcp: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
     redacting = RedactingFilter(Redactor.for_models(settings.backends.values()))
     for handler in logging.getLogger().handlers:
         handler.addFilter(redacting)
-    if args.command == "check":
-        raise SystemExit(anyio.run(_check, settings))
-    _serve(args, settings)
+    return settings
 
 
 def _quiet_http_libraries() -> None:
@@ -88,6 +99,12 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="HOST[:PORT]",
         help="HTTP: extra Host header value to accept (DNS-rebinding protection); repeatable",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="HTTP: server processes sharing the port (the transport is stateless; default 1)",
     )
     serve.add_argument(
         "--read-only",
@@ -135,13 +152,11 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
 
     if args.read_only:
         settings = settings.model_copy(update={"read_only": True})
-    server = build_server(settings)
     if args.transport == "stdio":
-        server.run()
+        build_server(settings).run()
         return
 
     import uvicorn
-    from mcp.server.transport_security import TransportSecuritySettings
 
     token = args.token or os.environ.get(TOKEN_ENV) or None
     if not _is_loopback(args.host) and not token:
@@ -151,27 +166,76 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
             file=sys.stderr,
         )
         raise SystemExit(EXIT_CONFIG)
-    hosts = _allowed_hosts(args.host, args.allowed_host)
+    logger.warning("crm-mcp %s starting on http://%s:%d%s", __version__, args.host, args.port, args.path)
+    if args.workers == 1:
+        app = _http_app(settings, args.host, args.path, args.allowed_host, token)
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+        return
+    # Worker processes are started afresh by uvicorn and build their app from the environment: the
+    # options here, and the token under its usual variable (never on a command line).
+    options = {key: getattr(args, key) for key in ("config", "log_level", "host", "path", "allowed_host", "read_only")}
+    os.environ[WORKER_OPTIONS_ENV] = json.dumps(options)
+    if token:
+        os.environ[TOKEN_ENV] = token
+    from uvicorn.supervisors import Multiprocess
+
+    config = uvicorn.Config(
+        "crm_mcp.cli:worker_app",
+        factory=True,
+        workers=args.workers,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=False,
+    )
+    # What `uvicorn.run` does for workers, plus TCP_NODELAY on the shared socket (accepted connections
+    # inherit it): on a socket bound for them, uvicorn's workers answer every request after the first
+    # on a kept-alive connection ~40 ms late (Nagle against the client's delayed ACK).
+    sock = config.bind_socket()
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl+C stops the workers; no traceback
+        Multiprocess(config, sockets=[sock]).run()
+
+
+def worker_app() -> ASGIApp:
+    """The app of one `serve --workers N` process, from the options `_serve` put in the environment.
+    Each worker opens its own backends (their logins and connection pools); the local store is safe
+    to share between processes."""
+    options = json.loads(os.environ[WORKER_OPTIONS_ENV])
+    settings = _settings_and_logging(options["config"], options["log_level"])
+    if options["read_only"]:
+        settings = settings.model_copy(update={"read_only": True})
+    token = os.environ.get(TOKEN_ENV) or None
+    return _http_app(settings, options["host"], options["path"], options["allowed_host"], token)
+
+
+def _http_app(settings: Settings, host: str, path: str, allowed: Sequence[str], token: str | None) -> ASGIApp:
+    """The streamable-HTTP app: stateless, Host/Origin checked, body size capped, bearer token if set."""
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    from crm_mcp.server import build_server
+
+    server = build_server(settings)
+    hosts = _allowed_hosts(host, allowed)
     security = TransportSecuritySettings(
         enable_dns_rebinding_protection=True,
         allowed_hosts=hosts,
-        allowed_origins=[f"{scheme}://{host}" for host in hosts for scheme in ("http", "https")],
+        allowed_origins=[f"{scheme}://{name}" for name in hosts for scheme in ("http", "https")],
     )
     server.custom_route(HEALTH_PATH, methods=["GET"], include_in_schema=False)(_healthz)
     # Base64 in JSON makes a request ~4/3 of the bytes it carries; leave room for the envelope.
     body_limit = settings.limits.max_transfer_bytes * 4 // 3 + 1024 * 1024
     app: ASGIApp = server.streamable_http_app(
-        streamable_http_path=args.path,
+        streamable_http_path=path,
         stateless_http=True,
         max_request_body_size=body_limit,
         transport_security=security,
-        host=args.host,
+        host=host,
     )
     app = BodyLimitMiddleware(app, body_limit)
     if token:
         app = BearerTokenMiddleware(app, token, open_paths=(HEALTH_PATH,))
-    logger.warning("crm-mcp %s starting on http://%s:%d%s", __version__, args.host, args.port, args.path)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    return app
 
 
 async def _healthz(_: Request) -> JSONResponse:
