@@ -41,12 +41,12 @@ from typing import Any, Literal
 from urllib.parse import parse_qs
 
 import anyio
-import uvicorn
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from crm_mcp.backends import _demo
+from tests.simulators._loopback import serve_on_loopback
 
 __all__ = ["CreatioSimulator", "Fault", "Logged", "contract_simulator", "serve"]
 
@@ -932,17 +932,5 @@ def contract_simulator(**options: Any) -> CreatioSimulator:
 @contextmanager
 def serve(app: CreatioSimulator) -> Iterator[str]:
     """Run `app` with uvicorn on a free loopback port in a background thread; yield its base URL."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        while not server.started:
-            if not thread.is_alive():
-                raise RuntimeError("the Creatio simulator did not start")
-            threading.Event().wait(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
+    with serve_on_loopback(app, "Creatio") as port:
         yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)

@@ -32,7 +32,6 @@ import re
 import secrets
 import sys
 import tempfile
-import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -41,12 +40,12 @@ from typing import Any, Literal
 from xml.etree import ElementTree as ET
 from xml.sax.saxutils import escape
 
-import uvicorn
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from crm_mcp.backends import _demo
+from tests.simulators._loopback import serve_on_loopback
 
 __all__ = ["Fault", "Logged", "SuperOfficeSimulator", "contract_simulator", "serve"]
 
@@ -1210,20 +1209,8 @@ def contract_simulator(**options: Any) -> SuperOfficeSimulator:
 @contextmanager
 def serve(app: SuperOfficeSimulator) -> Iterator[str]:
     """Run `app` with uvicorn on a free loopback port in a background thread; yield the tenant URL."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        while not server.started:
-            if not thread.is_alive():
-                raise RuntimeError("the SuperOffice simulator did not start")
-            threading.Event().wait(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
+    with serve_on_loopback(app, "SuperOffice") as port:
         yield f"http://127.0.0.1:{port}/{app.tenant}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def main() -> None:
