@@ -30,7 +30,6 @@ How the vendor-neutral contract maps onto Wello:
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import logging
 import re
@@ -45,7 +44,7 @@ import anyio
 import httpx
 from pydantic import SecretStr, field_validator
 
-from crm_mcp.backends._streams import base64_encoded, base64_length
+from crm_mcp.backends._streams import Base64Decoder, Base64Error, base64_encoded, base64_length
 from crm_mcp.backends.base import (
     BackendContext,
     BackendSettings,
@@ -335,7 +334,7 @@ class ContentScanner:
         self._key: bytearray | None = None
         self._last_key: bytes | None = None
         self._carry = b""
-        self._b64 = bytearray()
+        self._b64 = Base64Decoder()
         self.found = False
         """True once a `file_content` key was seen (its value may have been null)."""
         self.decoded = 0
@@ -399,30 +398,25 @@ class ContentScanner:
         raise BackendError("Wello sent a file_content that is not a base64 string")
 
     def _content(self, data: bytes) -> bytes:
-        data = self._carry + data if self._carry else data
-        self._carry = b""
+        if self._carry:
+            data, self._carry = self._carry + data, b""
         end = data.find(b'"')
-        text = data if end < 0 else data[:end]
+        text = memoryview(data) if end < 0 else memoryview(data)[:end]
         if end < 0:
             # An escape cut by the piece boundary waits for the rest (`\/` is 2 bytes, `\u002F` is 6).
-            start = text.rfind(b"\\", max(0, len(text) - 5))
-            if start >= 0 and len(text) - start < (6 if text[start + 1 : start + 2] == b"u" else 2):
-                self._carry, text = text[start:], text[:start]
-        if b"\\" in text:
+            start = data.rfind(b"\\", max(0, len(data) - 5))
+            if start >= 0 and len(data) - start < (6 if data[start + 1 : start + 2] == b"u" else 2):
+                self._carry, text = data[start:], text[:start]
+        if data.find(b"\\", 0, len(text)) >= 0:
             text = _ESCAPE.sub(_unescape, text)
-        self._b64 += text
-        usable = len(self._b64) - len(self._b64) % 4
-        if end >= 0:
-            self._state = "done"
-            if len(self._b64) % 4:
-                self._b64 += b"=" * (-len(self._b64) % 4)
-            usable = len(self._b64)
         try:
-            out = binascii.a2b_base64(bytes(self._b64[:usable]), strict_mode=True)
-        except binascii.Error:
-            raise BackendError("Wello sent a file_content that is not valid base64") from None
-        del self._b64[:usable]
-        self.decoded += len(out)
+            out = self._b64.feed(text)
+            if end >= 0:
+                self._state = "done"
+                out += self._b64.finish(pad=True)
+        except Base64Error as exc:
+            raise BackendError(f"Wello sent a file_content that is {exc}") from None
+        self.decoded = self._b64.decoded
         return out
 
 
