@@ -210,6 +210,8 @@ class ResponseReader:
     """Bytes given to expat so far (its byte index counts only those)."""
     _direct: bool = False
     """Whether the next piece starts inside the payload's text, with nothing pending in expat."""
+    _in_cdata: bool = False
+    """Inside a CDATA section the text runs to `]]>`, not to `<`: no bypass there."""
     _names: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -218,6 +220,8 @@ class ResponseReader:
         parser.EndElementHandler = self.end
         parser.CharacterDataHandler = self.data
         parser.StartDoctypeDeclHandler = _refuse_doctype
+        parser.StartCdataSectionHandler = self._cdata_starts
+        parser.EndCdataSectionHandler = self._cdata_ends
         self._parser = parser
 
     # -- the parser's handlers ----------------------------------------------------------------
@@ -280,10 +284,16 @@ class ResponseReader:
             # The text was ASCII (or the decoder refused it), so it is len(text) bytes of input: when it
             # ends where the input ends, expat has nothing pending and the next piece may bypass it.
             # (A character reference is reported as one character for several bytes, so never matches.)
-            if self._parser.CurrentByteIndex + len(text) == self._fed:
+            if self._parser.CurrentByteIndex + len(text) == self._fed and not self._in_cdata:
                 self._direct = True
         elif self._builder is not None:
             self._builder.data(text)
+
+    def _cdata_starts(self) -> None:
+        self._in_cdata = True
+
+    def _cdata_ends(self) -> None:
+        self._in_cdata = False
 
     # -- feeding ----------------------------------------------------------------------------
 

@@ -59,6 +59,7 @@ class Base64Error(ValueError):
 
 
 _PAD = 0x3D  # "="
+_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
 
 
 class Base64Decoder:
@@ -105,6 +106,8 @@ class Base64Decoder:
         carry, self._carry = self._carry.translate(None, self._whitespace), b""
         if not carry:
             return b""
+        if carry.translate(None, _ALPHABET):
+            raise self._error("Only base64 data is allowed")
         if not pad or len(carry) == 1:
             raise self._error(
                 f"the text ends with {len(carry)} character(s) of an incomplete 4-character group (truncated?)"

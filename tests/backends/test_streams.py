@@ -1,4 +1,4 @@
-"""The shared stream helpers: the streaming base64 encoder and the checked upload body."""
+"""The shared stream helpers: the streaming base64 encoder and decoder, and the checked upload body."""
 
 from __future__ import annotations
 
@@ -8,11 +8,19 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from crm_mcp.backends._streams import base64_encoded, base64_length, checked_upload
+from crm_mcp.backends._streams import (
+    Base64Decoder,
+    Base64Error,
+    base64_encoded,
+    base64_length,
+    checked_upload,
+)
 from crm_mcp.backends.base import Upload
 from crm_mcp.errors import BackendError, TooLargeError
 
 pytestmark = pytest.mark.anyio
+
+SOAP_SPACE = b" \t\r\n"
 
 
 async def pieces_of(data: bytes, sizes: list[int]) -> AsyncIterator[bytes]:
@@ -72,3 +80,115 @@ async def test_checked_upload_stops_a_source_that_does_not(
     with pytest.raises(error, match=words):
         async for _ in checked_upload(upload, limit=limit):
             pass
+
+
+# ------------------------------------------------------------------------------------- decoder
+
+
+def decode_pieces(pieces: list[bytes | str], *, whitespace: bytes = b"", pad: bool = False) -> bytes:
+    decoder = Base64Decoder(whitespace=whitespace)
+    out = b"".join(decoder.feed(piece) for piece in pieces)
+    return out + decoder.finish(pad=pad)
+
+
+def splits(text: bytes) -> list[list[bytes]]:
+    """`text` cut in two at every offset, and in three around every offset (so each boundary falls
+    0..3 characters into a 4-character group, with the carry both empty and not)."""
+    out = [[text[:cut], text[cut:]] for cut in range(len(text) + 1)]
+    out += [[text[:cut], text[cut : cut + 5], text[cut + 5 :]] for cut in range(len(text) + 1)]
+    return out
+
+
+@pytest.mark.parametrize("size", range(10))
+def test_decoder_gives_the_whole_file_however_the_text_is_cut(size: int) -> None:
+    data = random.Random(size).randbytes(size)
+    text = base64.b64encode(data)
+    for pieces in splits(text):
+        assert decode_pieces(pieces) == data, pieces
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 4, 5, 7, 4096])
+def test_decoder_accepts_pieces_of_any_size_and_type(step: int) -> None:
+    data = random.Random(step).randbytes(3001)
+    text = base64.b64encode(data)
+    pieces: list[bytes | str] = []
+    for index, start in enumerate(range(0, len(text), step)):
+        piece = text[start : start + step]
+        pieces.append([piece, piece.decode(), bytearray(piece), memoryview(piece)][index % 4])  # type: ignore[arg-type]
+    assert decode_pieces(pieces) == data
+
+
+def test_decoder_counts_the_bytes_it_produced() -> None:
+    decoder = Base64Decoder()
+    decoder.feed(b"QUJDRE")
+    assert decoder.decoded == 3
+    decoder.feed(b"VG")
+    assert decoder.decoded == 6
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 57, 300])
+def test_decoder_skips_the_whitespace_it_is_told_about(size: int) -> None:
+    """MIME-style line breaks (CRLF every 76), spaces and tabs, anywhere, even after the padding."""
+    data = random.Random(size).randbytes(size)
+    text = base64.encodebytes(data).replace(b"\n", b"\r\n")
+    text = b"\t " + text[:3] + b" " + text[3:] + b"  \n"
+    for pieces in splits(text):
+        assert decode_pieces(pieces, whitespace=SOAP_SPACE) == data, pieces
+
+
+def test_decoder_refuses_whitespace_it_was_not_told_about() -> None:
+    with pytest.raises(Base64Error, match="Only base64 data"):
+        decode_pieces([b"QUJD\nQUJD"])
+
+
+@pytest.mark.parametrize(("text", "data"), [(b"QQ==", b"A"), (b"QUI=", b"AB"), (b"QUJD", b"ABC")])
+def test_decoder_takes_padding_at_the_end(text: bytes, data: bytes) -> None:
+    for pieces in splits(text):
+        assert decode_pieces(pieces) == data
+
+
+@pytest.mark.parametrize("text", [b"QQ==QUJD", b"QUJDQQ==QQ==", b"QUI=QUJD", b"QUJD====QUJD", b"QQ==\nQUJD", b"QQ==Q"])
+def test_decoder_refuses_data_after_the_padding_wherever_the_pieces_are_cut(text: bytes) -> None:
+    """Decoding each piece on its own would accept `QQ==` then `QUJD`, giving wrong bytes."""
+    for pieces in splits(text):
+        with pytest.raises(Base64Error, match=r"padding|incomplete"):
+            decode_pieces(pieces, whitespace=SOAP_SPACE)
+
+
+@pytest.mark.parametrize(
+    "text", [b"QU$D", b"QUJD-_==", b"QUJD\x00AAA", b"=QUJ", b"QQ=A", b"QUJD QUJD", b"QUJD\xc3\xa9", b"Q$"]
+)
+def test_decoder_refuses_characters_outside_the_alphabet(text: bytes) -> None:
+    for pieces in splits(text):
+        with pytest.raises(Base64Error, match="not valid base64"):
+            decode_pieces(pieces)
+
+
+def test_decoder_refuses_non_ascii_text() -> None:
+    with pytest.raises(Base64Error, match="non-ASCII character 'é'"):
+        Base64Decoder().feed("QUJé")
+
+
+@pytest.mark.parametrize("text", [b"Q", b"QU", b"QUJ", b"QUJDR", b"QUJDRE", b"QUJDREV", b"QUJ\n"])
+def test_decoder_refuses_truncated_text(text: bytes) -> None:
+    for pieces in splits(text):
+        with pytest.raises(Base64Error, match=r"ends with [1-3] character\(s\) of an incomplete"):
+            decode_pieces(pieces, whitespace=SOAP_SPACE)
+
+
+@pytest.mark.parametrize(("text", "data"), [(b"QQ", b"A"), (b"QUI", b"AB"), (b"QUJDQQ", b"ABCA"), (b"QQ=", b"A")])
+def test_decoder_pads_the_last_group_when_asked(text: bytes, data: bytes) -> None:
+    for pieces in splits(text):
+        assert decode_pieces(pieces, pad=True) == data
+
+
+def test_decoder_refuses_a_single_character_group_even_when_padding() -> None:
+    with pytest.raises(Base64Error, match="ends with 1 character"):
+        decode_pieces([b"QUJDQ"], pad=True)
+
+
+def test_decoder_error_says_how_far_it_got() -> None:
+    decoder = Base64Decoder()
+    decoder.feed(b"QUJDQUJD")
+    with pytest.raises(Base64Error, match="after 6 decoded bytes: Only base64 data is allowed"):
+        decoder.feed(b"QU*D")

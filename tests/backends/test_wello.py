@@ -442,6 +442,23 @@ def test_content_scanner_refuses_escapes_that_are_not_base64(bad: str) -> None:
         b"".join(scanner.feed(body[i : i + 1]) for i in range(len(body)))
 
 
+@pytest.mark.parametrize("piece", [1, 2, 3, 4, 5, 4096])
+def test_content_scanner_refuses_padding_before_the_end_in_any_pieces(piece: int) -> None:
+    """`QQ==` then more base64 is not one file: it must fail, not decode as "A" + the rest."""
+    body = b'{"file_content": "QUJDQQ==QUJD"}'
+    scanner = ContentScanner()
+    with pytest.raises(BackendError, match="not valid base64"):
+        b"".join(scanner.feed(body[i : i + piece]) for i in range(0, len(body), piece))
+
+
+@pytest.mark.parametrize("piece", [1, 2, 3, 4096])
+def test_content_scanner_accepts_a_last_group_without_padding(piece: int) -> None:
+    body = b'{"file_content": "QUJDQUI"}'
+    scanner = ContentScanner()
+    assert b"".join(scanner.feed(body[i : i + piece]) for i in range(0, len(body), piece)) == b"ABCAB"
+    assert scanner.done and scanner.decoded == 5
+
+
 def test_content_scanner_handles_null_and_refuses_garbage() -> None:
     scanner = ContentScanner()
     assert scanner.feed(b'{"id": 1, "file_content": null}') == b""
