@@ -3,7 +3,11 @@
 How EspoCRM keeps files, and what this module does about it:
 
 - A case's files are its `attachments` field (attachment-multiple): `GET Case/{id}` carries
-  `attachmentsIds`, `attachmentsNames` and `attachmentsTypes`; sizes come from `GET Attachment/{id}`.
+  `attachmentsIds`, `attachmentsNames` and `attachmentsTypes`; sizes come from `GET Attachment/{id}`
+  (the list call that could fetch them at once is admin-only). Attachments never change (new content
+  is a new attachment with a new id), so each backend remembers the size, creation time and type of
+  the last `_META_CACHE_ENTRIES` it looked up: a repeated listing costs the case read (and the
+  stream-notes request) only. Concurrent listings that miss the same id share one lookup.
   EspoCRM 9.1+ also answers `GET Case/{id}/streamAttachments` (files posted to the case's stream);
   whether the server has it is found out by asking, never assumed from a version. Before 9.1 the
   request lands on the generic related-records route, which fails on the unknown link with a bare
@@ -43,8 +47,10 @@ import json
 import logging
 import re
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Sequence
 from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any, ClassVar, Literal
@@ -104,6 +110,18 @@ _monotonic = time.monotonic
 """The clock of that belief (a module attribute so tests can move it on)."""
 _NO_ROUTE_STATUSES = frozenset({404, 405, 500, 501})
 """How servers without a route answer it (8.x/9.0: 500 from the generic related-records route)."""
+_META_CACHE_ENTRIES = 4096
+"""How many attachments' size, creation time and type one backend remembers (under 2 MiB). An
+entry cannot go stale by a change: EspoCRM attachments are immutable, new content is a new id. It
+can only outlive a deletion, and a deleted attachment also leaves its case's `attachmentsIds`, so it
+is not listed again (the ones this backend deletes or replaces are forgotten at once). 4096 covers
+some 80 cases of 50 files; past that the least recently listed ones are looked up again."""
+_LOOKUPS_PER_LISTING = 8
+"""`GET Attachment/{id}` requests one listing has in flight at once. The client's `max_connections`
+(default 20) bounds the whole backend; this keeps one cold listing of many files from taking every
+connection while downloads, uploads and other listings wait for the pool (and from sending 20
+requests at once to a PHP-FPM pool that often has 5 to 10 workers). It costs a cold listing of 50
+files 7 round trips instead of 3, once: after that the sizes come from the cache."""
 _IMAGE_EXTENSIONS: dict[str, tuple[str, ...]] = {
     "image/jpeg": (".jpg", ".jpeg"),
     "image/png": (".png",),
@@ -244,6 +262,20 @@ def _parse_time(value: Any) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def _attachment_meta(data: Any) -> _AttachmentMeta | None:
+    """The listing's part of a `GET Attachment/{id}` answer (None when it is no attachment)."""
+    if not isinstance(data, dict):
+        return None
+    size = data.get("size")
+    mime = data.get("type")
+    return _AttachmentMeta(
+        size=size if type(size) is int and size >= 0 else None,
+        created_at=_parse_time(data.get("createdAt")),
+        mime_type=mime if isinstance(mime, str) and mime else None,
+        settled=type(size) is int and not data.get("isBeingUploaded"),
+    )
+
+
 def _essence(mime: str | None) -> str:
     return (mime or "").split(";", 1)[0].strip().lower()
 
@@ -256,6 +288,88 @@ def _with_extension(name: str, mime: str) -> str:
         return name
     stem = path.stem if path.suffix else name
     return f"{stem or 'photo'}{allowed[0]}"
+
+
+@dataclass(frozen=True, slots=True)
+class _AttachmentMeta:
+    """What a listing needs from `GET Attachment/{id}` and the case does not say."""
+
+    size: int | None
+    created_at: datetime | None
+    mime_type: str | None
+    settled: bool
+    """False while a chunked upload is still under way (`isBeingUploaded`): then the size is the
+    announced one and the upload may yet fail and be deleted, so it is not remembered."""
+
+
+class _Lookup:
+    """One `GET Attachment/{id}` under way, which concurrent listings wait for instead of repeating."""
+
+    __slots__ = ("done", "failed", "meta", "stale")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.meta: _AttachmentMeta | None = None
+        self.failed = True
+        """Until the lookup finishes: an error or a cancellation leaves it set, and waiters try themselves."""
+        self.stale = False
+        """Set when the attachment is forgotten meanwhile: the answer is used once, never remembered."""
+
+
+class _AttachmentMetaCache:
+    """A bounded LRU of attachment metadata by id, for one backend (ids are only unique per CRM), with
+    the lookups under way shared. Only answers are remembered: a 404, a 403 or an error never is."""
+
+    def __init__(self, capacity: int = _META_CACHE_ENTRIES) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[str, _AttachmentMeta] = OrderedDict()
+        self._lookups: dict[str, _Lookup] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, attachment_id: object) -> bool:
+        return attachment_id in self._entries
+
+    def forget(self, attachment_id: str) -> None:
+        """The attachment was deleted or replaced here: never serve it from memory again."""
+        self._entries.pop(attachment_id, None)
+        lookup = self._lookups.get(attachment_id)
+        if lookup is not None:
+            lookup.stale = True
+
+    async def get(
+        self, attachment_id: str, fetch: Callable[[], Awaitable[_AttachmentMeta | None]]
+    ) -> _AttachmentMeta | None:
+        """The remembered metadata, or the answer of a lookup under way, or `fetch()`'s (None: not
+        found or not allowed). A lookup that failed is not shared: each waiter then asks itself."""
+        while True:
+            meta = self._entries.get(attachment_id)
+            if meta is not None:
+                self._entries.move_to_end(attachment_id)
+                return meta
+            lookup = self._lookups.get(attachment_id)
+            if lookup is None:
+                break
+            await lookup.done.wait()
+            if not lookup.failed:
+                return lookup.meta
+        lookup = self._lookups[attachment_id] = _Lookup()
+        try:
+            meta = await fetch()
+            lookup.meta, lookup.failed = meta, False
+            if meta is not None and meta.settled and not lookup.stale:
+                self._remember(attachment_id, meta)
+            return meta
+        finally:
+            del self._lookups[attachment_id]
+            lookup.done.set()
+
+    def _remember(self, attachment_id: str, meta: _AttachmentMeta) -> None:
+        self._entries[attachment_id] = meta
+        self._entries.move_to_end(attachment_id)
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
 
 
 async def _peek(chunks: AsyncIterator[bytes], size: int) -> tuple[bytes, AsyncIterator[bytes]]:
@@ -324,6 +438,8 @@ class EspoCrmBackend:
         self._stream_recheck_at = 0.0
         """Monotonic time after which a server found without the route is asked again."""
         self._link_locks: dict[str, anyio.Lock] = {}
+        self._attachment_meta = _AttachmentMetaCache()
+        """Per backend, not per module: attachment ids are only unique within one CRM."""
 
     @property
     def capabilities(self) -> Capabilities:
@@ -540,31 +656,43 @@ class EspoCrmBackend:
         return FilePage(files=page, next_cursor=next_cursor)
 
     async def _with_sizes(self, entries: list[FileEntry]) -> list[FileEntry]:
-        """Fill size and creation time from `GET Attachment/{id}` where the listing lacked them."""
+        """Fill size and creation time where the listing lacked them: from memory, else from
+        `GET Attachment/{id}` (at most `_LOOKUPS_PER_LISTING` at once for this listing)."""
         result = list(entries)
-        limiter = anyio.CapacityLimiter(8)
+        limiter = anyio.CapacityLimiter(_LOOKUPS_PER_LISTING)
+
+        async def fetch(attachment_id: str) -> _AttachmentMeta | None:
+            async with limiter:
+                try:
+                    data = await self._call("GET", f"Attachment/{attachment_id}", f"read attachment {attachment_id}")
+                except (NotFoundError, PermissionDeniedError):
+                    return None
+            return _attachment_meta(data)
 
         async def fill(index: int) -> None:
             entry = result[index]
-            async with limiter:
-                try:
-                    meta = await self._call("GET", f"Attachment/{entry.file_id}", f"read attachment {entry.file_id}")
-                except (NotFoundError, PermissionDeniedError):
-                    return
-            if isinstance(meta, dict):
-                size = meta.get("size")
+            try:
+                meta = await self._attachment_meta.get(entry.file_id, lambda: fetch(entry.file_id))
+            except CrmError as exc:  # the first failure fails the listing, as itself (not in a group)
+                failures.append(exc)
+                group.cancel_scope.cancel()
+                return
+            if meta is not None:
                 result[index] = entry.model_copy(
                     update={
-                        "size": size if isinstance(size, int) else None,
-                        "created_at": _parse_time(meta.get("createdAt")),
-                        "mime_type": entry.mime_type or meta.get("type") or "application/octet-stream",
+                        "size": meta.size,
+                        "created_at": meta.created_at,
+                        "mime_type": entry.mime_type or meta.mime_type or "application/octet-stream",
                     }
                 )
 
+        failures: list[CrmError] = []
         async with anyio.create_task_group() as group:
             for index, entry in enumerate(result):
                 if entry.size is None:
                     group.start_soon(fill, index)
+        if failures:
+            raise failures[0]
         return result
 
     async def _stream_files(self, case_id: str) -> list[FileEntry]:
@@ -726,7 +854,7 @@ class EspoCrmBackend:
         contact_id = _require_id(contact_id, "contact_id")
         self._check_size(upload)
         contact = await self._get_record("Contact", contact_id, "contact")
-        self._photo_id(contact, field)  # the field must exist, or the link below would be ignored
+        previous = self._photo_id(contact, field)  # the field must exist, or the link below would be ignored
         head, chunks = await _peek(upload.chunks, 512)
         detected = sniff(head)
         if detected not in _IMAGE_EXTENSIONS:
@@ -756,6 +884,9 @@ class EspoCrmBackend:
             # may be bound would leave the contact with no photo at all, so an unsure outcome keeps it.
             if not await self._settle(exc, attachment_id, lambda: self._photo_is(contact_id, field, attachment_id)):
                 raise
+        finally:
+            if previous is not None:
+                self._attachment_meta.forget(previous)  # EspoCRM deletes the replaced photo
         logger.info("EspoCRM %s: contact %s now has photo %s", self.name, contact_id, attachment_id)
         return Photo(photo_id=attachment_id, mime_type=detected, size=upload.size)
 
@@ -975,6 +1106,7 @@ class EspoCrmBackend:
 
     async def _delete_quietly(self, attachment_id: str) -> None:
         """Remove an attachment that could not be linked; shielded, and a failure is only logged."""
+        self._attachment_meta.forget(attachment_id)
         with anyio.CancelScope(shield=True):
             try:
                 await self._call("DELETE", f"Attachment/{attachment_id}", f"delete attachment {attachment_id}")

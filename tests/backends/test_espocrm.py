@@ -9,6 +9,7 @@ import hmac
 import random
 import re
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -237,6 +238,224 @@ async def test_before_91_the_probe_is_a_bare_500_and_is_asked_again_later(
     files = (await crm.list_case_files(printer(sim), limit=10, cursor=None)).files
     assert [file.name for file in files][-1] == "after-upgrade.txt"
     assert count(sim, "GET", lambda path: path.endswith("/streamAttachments")) == 3  # 1 by hand, 2 by the backend
+
+
+def attachment_reads(sim: EspoSimulator) -> int:
+    """`GET Attachment/{id}` requests so far (the metadata lookups, not downloads)."""
+    return count(sim, "GET", lambda path: re.fullmatch(r"/Attachment/\w+", path) is not None)
+
+
+async def test_second_listing_reads_no_attachment(crm: EspoCrmBackend, sim: EspoSimulator) -> None:
+    first = await crm.list_case_files(printer(sim), limit=10, cursor=None)
+    assert attachment_reads(sim) == 3
+    before = len(sim.requests)
+    second = await crm.list_case_files(printer(sim), limit=10, cursor=None)
+    assert second == first
+    assert sim.requests[before:] == [("GET", f"/Case/{printer(sim)}")]  # the case read only (8.x: no stream route)
+
+
+async def test_new_file_is_looked_up_once_the_rest_come_from_memory(crm: EspoCrmBackend, sim: EspoSimulator) -> None:
+    await crm.list_case_files(printer(sim), limit=10, cursor=None)
+    added = sim.attach_to_case(printer(sim), "late.txt", "text/plain", b"late")
+    files = (await crm.list_case_files(printer(sim), limit=10, cursor=None)).files
+    assert files[-1].file_id == added and files[-1].size == 4
+    assert attachment_reads(sim) == 4
+
+
+@pytest.mark.parametrize(("status", "reason"), [(404, ""), (403, "")])
+async def test_a_failed_lookup_is_not_remembered(
+    crm: EspoCrmBackend, sim: EspoSimulator, status: int, reason: str
+) -> None:
+    log = record(sim, "Case", name="Printer on fire")
+    log_id = sim.case_attachment_ids(log)[-1]
+    sim.faults.append(Fault("GET", f"/Attachment/{log_id}", status=status, reason=reason))
+    first = (await crm.list_case_files(printer(sim), limit=10, cursor=None)).files
+    assert first[-1].size is None
+    second = (await crm.list_case_files(printer(sim), limit=10, cursor=None)).files
+    assert second[-1].size == len(sim.attachments[log_id].data)
+    assert count(sim, "GET", lambda path: path == f"/Attachment/{log_id}") == 2
+
+
+async def test_an_error_fails_the_listing_and_is_not_remembered(crm: EspoCrmBackend, sim: EspoSimulator) -> None:
+    log_id = sim.case_attachment_ids(printer(sim))[-1]
+    sim.faults.append(Fault("GET", f"/Attachment/{log_id}", status=500, reason="Database is gone."))
+    with pytest.raises(BackendError, match="Database is gone"):
+        await crm.list_case_files(printer(sim), limit=10, cursor=None)
+    assert all(file.size for file in (await crm.list_case_files(printer(sim), limit=10, cursor=None)).files)
+
+
+async def test_an_attachment_this_backend_deletes_is_not_served_from_memory(
+    crm: EspoCrmBackend, sim: EspoSimulator
+) -> None:
+    fire = sim.case_attachment_ids(printer(sim))[0]
+    await crm.list_case_files(printer(sim), limit=10, cursor=None)
+    await crm._delete_quietly(fire)  # the clean-up path of a failed upload
+    assert fire not in sim.attachments
+    # Were the id listed again (it is not, on a real server), its size would be asked anew, not remembered.
+    sim.add_attachment("other.bin", "application/octet-stream", b"other", parent_type="Case", field="attachments")
+    sim.attachments[fire] = sim.attachments.popitem()[1]
+    sim.attachments[fire].id, sim.attachments[fire].parent_id = fire, printer(sim)
+    files = (await crm.list_case_files(printer(sim), limit=10, cursor=None)).files
+    assert [file.size for file in files if file.file_id == fire] == [5]
+
+
+async def test_a_replaced_photo_is_forgotten(crm: EspoCrmBackend, sim: EspoSimulator) -> None:
+    wilson = record(sim, "Contact", firstName="Alexander")
+    old = sim.records["Contact"][wilson]["cPhotoId"]
+    remembered = espocrm._AttachmentMeta(size=1, created_at=None, mime_type="image/png", settled=True)
+
+    async def fetch() -> espocrm._AttachmentMeta:
+        return remembered
+
+    await crm._attachment_meta.get(old, fetch)
+    assert old in crm._attachment_meta
+    await crm.bind_photo(wilson, upload_of(PNG_1x1, "new.png", "image/png"))
+    assert old not in sim.attachments and old not in crm._attachment_meta
+
+
+async def test_concurrent_listings_share_the_lookups(crm: EspoCrmBackend, sim: EspoSimulator) -> None:
+    sim.latency = 0.01  # the listings overlap while the lookups are under way
+    async with anyio.create_task_group() as group:
+        for _ in range(10):
+            group.start_soon(partial(crm.list_case_files, printer(sim), limit=10, cursor=None))
+    assert attachment_reads(sim) == 3  # not 30
+
+
+async def test_each_backend_has_its_own_memory(sim: EspoSimulator, tmp_path: Path) -> None:
+    """Ids are only unique within one CRM: a second backend (another CRM, or the same one) asks itself."""
+    async with backend_for(sim, tmp_path) as first, backend_for(sim, tmp_path) as second:
+        await first.list_case_files(printer(sim), limit=10, cursor=None)
+        await second.list_case_files(printer(sim), limit=10, cursor=None)
+    assert attachment_reads(sim) == 6
+
+
+class _InFlight(httpx.AsyncBaseTransport):
+    """Passes requests to the simulator, counting the most `GET Attachment/{id}` under way at once."""
+
+    def __init__(self, sim: EspoSimulator) -> None:
+        self.inner = httpx.ASGITransport(app=sim)
+        self.now = self.most = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        lookup = re.fullmatch(r"/api/v1/Attachment/\w+", request.url.path) is not None
+        self.now += lookup
+        self.most = max(self.most, self.now)
+        try:
+            return await self.inner.handle_async_request(request)
+        finally:
+            self.now -= lookup
+
+
+async def test_one_listing_has_at_most_eight_lookups_in_flight(sim: EspoSimulator, tmp_path: Path) -> None:
+    case_id = sim.add_case("Many files")
+    for number in range(30):
+        sim.attach_to_case(case_id, f"n{number}.txt", "text/plain", b"x" * number)
+    sim.latency = 0.005
+    transport = _InFlight(sim)
+    context = BackendContext(home=tmp_path, max_transfer_bytes=50_000_000, transport=transport)
+    async with EspoCrmBackend("espo", settings(), context) as crm:
+        files = (await crm.list_case_files(case_id, limit=30, cursor=None)).files
+    assert [file.size for file in files] == list(range(30))
+    assert transport.most == espocrm._LOOKUPS_PER_LISTING == 8
+
+
+async def test_memory_is_bounded_least_recently_listed_first(sim: EspoSimulator, tmp_path: Path) -> None:
+    async with backend_for(sim, tmp_path) as crm:
+        crm._attachment_meta.capacity = 2
+        await crm.list_case_files(printer(sim), limit=10, cursor=None)
+        assert len(crm._attachment_meta) == 2
+        await crm.list_case_files(printer(sim), limit=10, cursor=None)
+    assert attachment_reads(sim) > 3  # what no longer fitted was asked again
+
+
+def _meta(size: int) -> espocrm._AttachmentMeta:
+    return espocrm._AttachmentMeta(size=size, created_at=None, mime_type=None, settled=True)
+
+
+async def test_cache_evicts_the_least_recently_used() -> None:
+    cache = espocrm._AttachmentMetaCache(2)
+    asked: list[str] = []
+
+    def fetcher(attachment_id: str, size: int) -> Callable[[], Any]:
+        async def fetch() -> espocrm._AttachmentMeta:
+            asked.append(attachment_id)
+            return _meta(size)
+
+        return fetch
+
+    await cache.get("a", fetcher("a", 1))
+    await cache.get("b", fetcher("b", 2))
+    await cache.get("a", fetcher("a", 1))  # a is used again: b is now the oldest
+    await cache.get("c", fetcher("c", 3))
+    assert ("a" in cache, "b" in cache, "c" in cache) == (True, False, True)
+    assert asked == ["a", "b", "c"]
+
+
+async def test_default_bound_holds() -> None:
+    cache = espocrm._AttachmentMetaCache()
+    assert cache.capacity == espocrm._META_CACHE_ENTRIES == 4096
+
+    async def fetch() -> espocrm._AttachmentMeta:
+        return _meta(1)
+
+    for number in range(cache.capacity + 100):
+        await cache.get(f"id{number}", fetch)
+    assert len(cache) == cache.capacity and "id0" not in cache and f"id{cache.capacity + 99}" in cache
+
+
+async def test_a_lookup_forgotten_while_under_way_is_not_remembered() -> None:
+    cache = espocrm._AttachmentMetaCache()
+    release = anyio.Event()
+
+    async def fetch() -> espocrm._AttachmentMeta:
+        await release.wait()
+        return _meta(1)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(cache.get, "a", fetch)
+        await anyio.wait_all_tasks_blocked()
+        cache.forget("a")  # deleted while its metadata was being read
+        release.set()
+    assert "a" not in cache
+
+
+async def test_waiters_ask_themselves_when_the_shared_lookup_fails() -> None:
+    cache = espocrm._AttachmentMetaCache()
+    release = anyio.Event()
+    calls: list[str] = []
+
+    async def failing() -> espocrm._AttachmentMeta:
+        calls.append("first")
+        await release.wait()
+        raise BackendError("the CRM broke")
+
+    async def working() -> espocrm._AttachmentMeta:
+        calls.append("second")
+        return _meta(7)
+
+    results: list[espocrm._AttachmentMeta | None] = []
+
+    async def leader() -> None:
+        with pytest.raises(BackendError):
+            await cache.get("a", failing)
+
+    async def waiter() -> None:
+        results.append(await cache.get("a", working))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(leader)
+        await anyio.wait_all_tasks_blocked()
+        group.start_soon(waiter)
+        await anyio.wait_all_tasks_blocked()
+        release.set()
+    assert calls == ["first", "second"] and results == [_meta(7)] and "a" in cache
+
+
+def test_an_attachment_still_being_uploaded_is_not_remembered() -> None:
+    meta = espocrm._attachment_meta({"id": "a", "size": 10, "isBeingUploaded": True, "type": "text/plain"})
+    assert meta is not None and meta.size == 10 and not meta.settled
+    assert espocrm._attachment_meta({"id": "a", "size": 10, "isBeingUploaded": False}).settled  # type: ignore[union-attr]
+    assert espocrm._attachment_meta([]) is None
 
 
 async def test_paging_and_bad_cursor(crm: EspoCrmBackend, sim: EspoSimulator) -> None:
