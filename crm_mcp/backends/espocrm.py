@@ -111,7 +111,7 @@ _monotonic = time.monotonic
 _NO_ROUTE_STATUSES = frozenset({404, 405, 500, 501})
 """How servers without a route answer it (8.x/9.0: 500 from the generic related-records route)."""
 _META_CACHE_ENTRIES = 4096
-"""How many attachments' size, creation time and type one backend remembers (under 2 MiB). An
+"""How many attachments' size, creation time and type one backend remembers (about 1 MiB). An
 entry cannot go stale by a change: EspoCRM attachments are immutable, new content is a new id. It
 can only outlive a deletion, and a deleted attachment also leaves its case's `attachmentsIds`, so it
 is not listed again (the ones this backend deletes or replaces are forgotten at once). 4096 covers
