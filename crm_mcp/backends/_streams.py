@@ -58,6 +58,23 @@ class Base64Error(ValueError):
     """Text that is not valid base64; the message says what was wrong and how far decoding got."""
 
 
+try:  # an optional accelerator: pybase64 (SIMD) decodes ~1.4 GB/s where binascii manages ~250 MB/s
+    from pybase64 import b64decode as _simd_b64decode
+except ImportError:  # pragma: no cover - depends on the environment
+    _simd_b64decode = None
+
+
+def _a2b(data: bytes | bytearray | memoryview) -> bytes:
+    """Strictly decode whole 4-character groups. pybase64 is used when installed; whenever it refuses
+    the text, binascii decides (and says precisely why), so both give the same bytes and errors."""
+    if _simd_b64decode is not None:
+        try:
+            return _simd_b64decode(data, validate=True)
+        except binascii.Error:
+            pass
+    return binascii.a2b_base64(data, strict_mode=True)
+
+
 _PAD = 0x3D  # "="
 _ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
 
@@ -67,10 +84,10 @@ class Base64Decoder:
 
     Why not `base64.b64decode` per piece: pieces are not 4-character aligned, and decoding costs more
     CPU than anything else on a download (CPython decodes ~250 MB/s), so each piece is decoded by one
-    `binascii.a2b_base64` call over its whole 4-aligned part, with no copy of the text except when a
-    remainder (< 4 characters) from the previous piece must be put in front. `strict_mode` rejects every
-    character outside the alphabet and padding anywhere but at the end (across pieces too): invalid
-    text is an error, never different bytes.
+    call (binascii's, or pybase64's when installed) over its whole 4-aligned part, with no copy of the
+    text except when a remainder (< 4 characters) from the previous piece must be put in front. Strict
+    decoding rejects every character outside the alphabet and padding anywhere but at the end (across
+    pieces too): invalid text is an error, never different bytes.
 
     `whitespace` lists the bytes that may separate characters (SOAP's base64Binary allows line breaks
     and spaces). A piece is first decoded as it is; only when that fails is whitespace deleted (one
@@ -127,9 +144,9 @@ class Base64Decoder:
             raise binascii.Error("Excess data after padding")
         cut = len(data) - len(data) % 4
         if cut == len(data):
-            out = binascii.a2b_base64(data, strict_mode=True)
+            out = _a2b(data)
         else:
-            out = binascii.a2b_base64(memoryview(data)[:cut], strict_mode=True)
+            out = _a2b(memoryview(data)[:cut])
             self._carry = bytes(data[cut:])
         if cut and data[cut - 1] == _PAD:
             self._padded = True

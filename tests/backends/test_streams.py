@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from crm_mcp.backends import _streams
 from crm_mcp.backends._streams import (
     Base64Decoder,
     Base64Error,
@@ -83,6 +84,21 @@ async def test_checked_upload_stops_a_source_that_does_not(
 
 
 # ------------------------------------------------------------------------------------- decoder
+
+
+@pytest.fixture(autouse=True, params=["binascii", "pybase64"])
+def decoder_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every decoder test runs on binascii and, where it is installed, on the pybase64 accelerator."""
+    if "decoder" not in request.node.name:
+        if request.param != "binascii":
+            pytest.skip("only the decoder tests depend on the base64 implementation")
+        return request.param
+    if request.param == "binascii":
+        monkeypatch.setattr(_streams, "_simd_b64decode", None)
+    else:
+        pybase64 = pytest.importorskip("pybase64")
+        monkeypatch.setattr(_streams, "_simd_b64decode", pybase64.b64decode)
+    return request.param
 
 
 def decode_pieces(pieces: list[bytes | str], *, whitespace: bytes = b"", pad: bool = False) -> bytes:
