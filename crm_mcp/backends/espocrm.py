@@ -276,6 +276,17 @@ def _attachment_meta(data: Any) -> _AttachmentMeta | None:
     )
 
 
+def _sized(entry: FileEntry, meta: _AttachmentMeta) -> FileEntry:
+    """`entry` with what `GET Attachment/{id}` adds to a case's field listing."""
+    return entry.model_copy(
+        update={
+            "size": meta.size,
+            "created_at": meta.created_at,
+            "mime_type": entry.mime_type or meta.mime_type or "application/octet-stream",
+        }
+    )
+
+
 def _essence(mime: str | None) -> str:
     return (mime or "").split(";", 1)[0].strip().lower()
 
@@ -331,6 +342,13 @@ class _AttachmentMetaCache:
     def __contains__(self, attachment_id: object) -> bool:
         return attachment_id in self._entries
 
+    def remembered(self, attachment_id: str) -> _AttachmentMeta | None:
+        """The remembered metadata (now the most recently used), or None: no waiting, no lookup."""
+        meta = self._entries.get(attachment_id)
+        if meta is not None:
+            self._entries.move_to_end(attachment_id)
+        return meta
+
     def forget(self, attachment_id: str) -> None:
         """The attachment was deleted or replaced here: never serve it from memory again."""
         self._entries.pop(attachment_id, None)
@@ -344,9 +362,8 @@ class _AttachmentMetaCache:
         """The remembered metadata, or the answer of a lookup under way, or `fetch()`'s (None: not
         found or not allowed). A lookup that failed is not shared: each waiter then asks itself."""
         while True:
-            meta = self._entries.get(attachment_id)
+            meta = self.remembered(attachment_id)
             if meta is not None:
-                self._entries.move_to_end(attachment_id)
                 return meta
             lookup = self._lookups.get(attachment_id)
             if lookup is None:
@@ -678,19 +695,23 @@ class EspoCrmBackend:
                 group.cancel_scope.cancel()
                 return
             if meta is not None:
-                result[index] = entry.model_copy(
-                    update={
-                        "size": meta.size,
-                        "created_at": meta.created_at,
-                        "mime_type": entry.mime_type or meta.mime_type or "application/octet-stream",
-                    }
-                )
+                result[index] = _sized(entry, meta)
 
+        missing: list[int] = []
+        for index, entry in enumerate(result):
+            if entry.size is not None:
+                continue
+            meta = self._attachment_meta.remembered(entry.file_id)
+            if meta is None:
+                missing.append(index)
+            else:
+                result[index] = _sized(entry, meta)  # a warm listing starts no task at all
+        if not missing:
+            return result
         failures: list[CrmError] = []
         async with anyio.create_task_group() as group:
-            for index, entry in enumerate(result):
-                if entry.size is None:
-                    group.start_soon(fill, index)
+            for index in missing:
+                group.start_soon(fill, index)
         if failures:
             raise failures[0]
         return result
