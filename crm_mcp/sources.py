@@ -17,7 +17,7 @@ import os
 import re
 import stat
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -37,6 +37,8 @@ from crm_mcp.resources import open_resource
 
 __all__ = [
     "CHUNK_SIZE",
+    "FILE_PIECE",
+    "DigestedChunks",
     "SourceContext",
     "SourceSpec",
     "StreamDigest",
@@ -45,9 +47,13 @@ __all__ = [
     "open_source",
     "resolve_readable",
     "resolve_writable",
+    "side_by_side",
 ]
 
 CHUNK_SIZE = 256 * 1024
+FILE_PIECE = 1024 * 1024
+"""Bytes per read of a local file (a path source, a spooled download): each read is a worker-thread
+round trip, and at 256 KiB a 200 MiB upload paid ~800 of them; 1 MiB keeps memory small all the same."""
 MAX_REDIRECTS = 5
 SourceKind = Literal["path", "url", "resource_uri", "content_base64", "content_text"]
 _SOURCE_FIELDS: tuple[SourceKind, ...] = ("path", "url", "resource_uri", "content_base64", "content_text")
@@ -120,17 +126,49 @@ class StreamDigest:
     200 MB upload is hashed without being read twice or held in memory."""
 
     def __init__(self) -> None:
-        self._hash = hashlib.sha256()
+        self.hasher = hashlib.sha256()
         self.size = 0
 
-    async def wrap(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        async for chunk in chunks:
-            self._hash.update(chunk)
-            self.size += len(chunk)
-            yield chunk
+    def wrap(self, chunks: AsyncIterator[bytes]) -> DigestedChunks:
+        return DigestedChunks(chunks, self)
 
     def hexdigest(self) -> str:
-        return self._hash.hexdigest()
+        return self.hasher.hexdigest()
+
+
+class DigestedChunks:
+    """An upload's chunks, counted and hashed as the backend pulls them.
+
+    A backend that touches every byte in a worker thread anyway (the local store writes each piece
+    there) calls `take_hashing()` and feeds the hash itself, in the same call: the bytes are then
+    hashed once, off the event loop, instead of twice (here and in the store), one of them blocking
+    the loop. The digest stays the caller's: `StreamDigest.hexdigest()` reads the same hash object."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], digest: StreamDigest) -> None:
+        self._chunks = chunks
+        self._digest = digest
+        self._hashing = True
+
+    def __aiter__(self) -> DigestedChunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self._chunks.__anext__()
+        if self._hashing:
+            self._digest.hasher.update(chunk)
+        self._digest.size += len(chunk)
+        return chunk
+
+    def take_hashing(self) -> hashlib._Hash:
+        """Hand the hash to the consumer, which must then `update` it with every chunk it pulls from
+        now on, in order (the digest keeps counting bytes itself)."""
+        self._hashing = False
+        return self._digest.hasher
+
+    async def aclose(self) -> None:
+        aclose = getattr(self._chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 @dataclass
@@ -277,7 +315,7 @@ async def _open_path(value: str, context: SourceContext) -> AsyncIterator[_Raw]:
 
 
 async def _file_chunks(file: anyio.AsyncFile[bytes]) -> AsyncIterator[bytes]:
-    while chunk := await file.read(CHUNK_SIZE):
+    while chunk := await file.read(FILE_PIECE):
         yield chunk
 
 
@@ -511,3 +549,27 @@ async def _spooled(
             await file.write(chunk)
         await file.seek(0)
         yield _file_chunks(file), size
+
+
+async def side_by_side(first: Callable[[], Awaitable[None]], second: Callable[[], Awaitable[None]]) -> None:
+    """Run two coroutines side by side (a reader and a writer); if one fails, cancel the other and
+    raise that error itself, not an ExceptionGroup, so callers keep catching `TooLargeError` and the like."""
+    error: BaseException | None = None
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(first)
+            group.start_soon(second)
+    except BaseExceptionGroup as failed:
+        error = _first_error(failed)
+    if error is not None:
+        raise error
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error that made a task group fail: the first that is not the cancellation it caused."""
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            return _first_error(error)
+        if not isinstance(error, anyio.get_cancelled_exc_class()):
+            return error
+    return group.exceptions[0]

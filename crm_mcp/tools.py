@@ -59,6 +59,7 @@ from crm_mcp.sources import (
     make_source,
     open_source,
     resolve_writable,
+    side_by_side,
 )
 from crm_mcp.uris import parse_crm_uri
 
@@ -460,6 +461,31 @@ WRITE_PIECE = 1024 * 1024
 vendors yield small chunks (≈48 KiB of decoded base64), so writing per chunk costs more than the disk."""
 
 
+class _HashedFile:
+    """The temporary file of `save_file`, hashing what it writes in the same worker-thread call:
+    hashlib releases the GIL for large pieces, so the event loop meanwhile fetches the next one."""
+
+    def __init__(self, fd: int) -> None:
+        self._file = os.fdopen(fd, "wb")
+        self._hash = hashlib.sha256()
+
+    def write(self, piece: bytes) -> None:
+        self._file.write(piece)
+        self._hash.update(piece)
+
+    def finish(self) -> None:
+        """Flush to stable storage before the rename, so a crash never leaves a short file under the name."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
 async def _write_atomically(
     chunks: Any, target: Path, overwrite: bool, expected: int | None, limit: int, progress: Progress
 ) -> tuple[int, str]:
@@ -469,34 +495,61 @@ async def _write_atomically(
         lambda: tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     )
     temp = Path(temp_name)
-    digest = hashlib.sha256()
-    size = 0
-    pending = bytearray()  # chunks gathered up to WRITE_PIECE: one worker-thread hop per piece, not per chunk
+    sink = _HashedFile(fd)
     try:
-        async with anyio.wrap_file(os.fdopen(fd, "wb")) as file:
-            async for chunk in chunks:
-                size += len(chunk)
-                if size > limit:
-                    raise TooLargeError(
-                        f"the file is over this server's transfer limit of {limit:,} bytes (limits.max_transfer_bytes)"
-                    )
-                digest.update(chunk)
-                pending += chunk
-                if len(pending) >= WRITE_PIECE:
-                    await file.write(pending)
-                    pending.clear()
-                await progress(size, expected)
-            if pending:
-                await file.write(pending)
-            await file.flush()
-            await anyio.to_thread.run_sync(os.fsync, file.fileno())
+        try:
+            size = await _write_behind(chunks, sink, limit, expected, progress)
+            await anyio.to_thread.run_sync(sink.finish)
+        finally:
+            sink.close()
         if expected is not None and size != expected:
             raise InvalidInputError(f"the CRM sent {size:,} bytes but announced {expected:,}; nothing was saved")
         await anyio.to_thread.run_sync(_place, temp, target, overwrite)
     except BaseException:
         temp.unlink(missing_ok=True)  # noqa: ASYNC240 -- must run even when cancelled
         raise
-    return size, digest.hexdigest()
+    return size, sink.hexdigest()
+
+
+async def _write_behind(chunks: Any, sink: _HashedFile, limit: int, expected: int | None, progress: Progress) -> int:
+    """Gather chunks into `WRITE_PIECE` pieces and write (and hash) piece N in a worker thread while
+    the next chunks arrive: the CRM's read and the disk overlap; an unbuffered hand-over keeps at
+    most two pieces in flight. Returns the byte count; the chunk that passes `limit` is never written."""
+    send, receive = anyio.create_memory_object_stream[bytes](0)
+    size = 0
+
+    async def write() -> None:
+        async with receive:
+            async for piece in receive:
+                await anyio.to_thread.run_sync(sink.write, piece)
+
+    async def gather() -> None:
+        nonlocal size
+        pending: list[bytes] = []
+        held = 0
+        async with send:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > limit:
+                    raise TooLargeError(
+                        f"the file is over this server's transfer limit of {limit:,} bytes (limits.max_transfer_bytes)"
+                    )
+                pending.append(chunk)
+                held += len(chunk)
+                if held >= WRITE_PIECE:
+                    await send.send(_joined(pending))
+                    pending, held = [], 0
+                await progress(size, expected)
+            if pending:
+                await send.send(_joined(pending))
+
+    await side_by_side(gather, write)
+    return size
+
+
+def _joined(pending: list[bytes]) -> bytes:
+    """One piece from gathered chunks; a chunk that is a piece on its own is passed on without a copy."""
+    return pending[0] if len(pending) == 1 else b"".join(pending)
 
 
 def _verify_sent(digest: StreamDigest, size: int, name: str, stored: int | None, where: str) -> None:

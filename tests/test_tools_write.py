@@ -26,24 +26,17 @@ async def _chunks(data: bytes, size: int = CHUNK) -> AsyncIterator[bytes]:
 
 
 class _Recorder:
-    """Records the size of every write `_write_atomically` hands to its worker-thread file."""
+    """Records the size of every write `_write_atomically` hands to its worker thread."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.writes: list[int] = []
-        real = anyio.wrap_file
+        real = tools._HashedFile.write
 
-        def wrap(file: Any) -> Any:
-            wrapped = real(file)
-            write = wrapped.write
+        def counted(sink: tools._HashedFile, piece: bytes) -> None:
+            self.writes.append(len(piece))
+            real(sink, piece)
 
-            async def counted(data: bytes | bytearray) -> int:
-                self.writes.append(len(data))
-                return await write(data)
-
-            wrapped.write = counted  # type: ignore[method-assign]
-            return wrapped
-
-        monkeypatch.setattr(tools.anyio, "wrap_file", wrap)
+        monkeypatch.setattr(tools._HashedFile, "write", counted)
 
 
 async def test_small_chunks_are_written_in_one_mib_pieces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

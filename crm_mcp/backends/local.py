@@ -24,12 +24,12 @@ import threading
 import time
 import unicodedata
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -69,6 +69,14 @@ STALE_TEMP_SECONDS = 24 * 3600
 """Temporary files older than this are leftovers of a crashed process and are swept on open."""
 
 _T = TypeVar("_T")
+
+
+class _Hasher(Protocol):
+    """What the spool needs of a hashlib object (its own, or the one the tool's digest hands over)."""
+
+    def update(self, data: bytes, /) -> None: ...
+    def hexdigest(self) -> str: ...
+
 
 _SCHEMA = """
 CREATE TABLE accounts (
@@ -337,14 +345,16 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 class _Spool:
     """An upload on its way to disk: a temporary file plus the running size and SHA-256."""
 
-    def __init__(self, tmp_dir: Path) -> None:
+    def __init__(self, tmp_dir: Path, hasher: _Hasher) -> None:
         fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="upload-", suffix=".part")
         self.path = Path(name)
         self._file = os.fdopen(fd, "wb")
-        self._hash = hashlib.sha256()
+        self._hash = hasher
         self.size = 0
 
     def write(self, chunk: bytes) -> None:
+        """Write and hash in the same worker-thread call (hashlib releases the GIL for large pieces,
+        so the event loop meanwhile reads the next piece)."""
         self._file.write(chunk)
         self._hash.update(chunk)
         self.size += len(chunk)
@@ -771,11 +781,9 @@ class LocalBackend:
         Errors of the source (its own exceptions) pass through unchanged; errors of our disk become
         `BackendError`. Either way the temporary file is removed."""
         what = f"store {upload.name!r}"
-        spool = await self._disk(what, _Spool, self._tmp_dir)
+        spool = await self._disk(what, _Spool, self._tmp_dir, _take_hashing(upload.chunks))
         try:
-            async for chunk in upload.chunks:
-                self._check_growth(upload, spool.size + len(chunk))
-                await self._disk(what, spool.write, chunk)
+            await self._fill(spool, upload, what)
             if spool.size != upload.size:
                 raise BackendError(
                     f"the source of {upload.name!r} ended after {spool.size:,} of {upload.size:,} bytes "
@@ -788,6 +796,28 @@ class LocalBackend:
                 await _close_stream(upload.chunks)
             raise
         return spool
+
+    async def _fill(self, spool: _Spool, upload: Upload, what: str) -> None:
+        """Write (and hash) piece N in a worker thread while the source reads piece N+1: the disk and
+        the source overlap, and with an unbuffered hand-over at most two pieces are in flight.
+
+        Each chunk is checked before it is handed over, so the one that passes the limit is never written."""
+        send, receive = anyio.create_memory_object_stream[bytes](0)
+
+        async def write() -> None:
+            async with receive:
+                async for chunk in receive:
+                    await self._disk(what, spool.write, chunk)
+
+        async def read() -> None:
+            async with send:
+                received = 0
+                async for chunk in upload.chunks:
+                    received += len(chunk)
+                    self._check_growth(upload, received)
+                    await send.send(chunk)
+
+        await _pair(read, write)
 
     def _check_growth(self, upload: Upload, received: int) -> None:
         """Stop a stream as soon as it passes the transfer limit or the size it announced."""
@@ -840,6 +870,37 @@ async def _read_chunks(handle: anyio.AsyncFile[bytes]) -> AsyncIterator[bytes]:
     """`CHUNK_SIZE` at a time, so a large file never sits in memory whole."""
     while chunk := await handle.read(CHUNK_SIZE):
         yield chunk
+
+
+def _take_hashing(chunks: AsyncIterator[bytes]) -> _Hasher:
+    """The hash of the caller's digest when the upload offers it (`sources.DigestedChunks`): the store
+    hashes every byte it writes anyway, so the tool's digest need not hash them a second time."""
+    take = getattr(chunks, "take_hashing", None)
+    hasher: _Hasher = take() if callable(take) else hashlib.sha256()
+    return hasher
+
+
+async def _pair(first: Callable[[], Awaitable[None]], second: Callable[[], Awaitable[None]]) -> None:
+    """Run two coroutines side by side; if one fails, cancel the other and raise that error itself,
+    not an ExceptionGroup, so callers keep catching `TooLargeError`, `BackendError` and the like."""
+    error: BaseException | None = None
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(first)
+            group.start_soon(second)
+    except BaseExceptionGroup as failed:
+        error = _first_error(failed)
+    if error is not None:
+        raise error
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            return _first_error(error)
+        if not isinstance(error, anyio.get_cancelled_exc_class()):
+            return error
+    return group.exceptions[0]
 
 
 async def _close_stream(chunks: AsyncIterator[bytes]) -> None:
