@@ -8,9 +8,9 @@ container formats (ZIP, OLE2) say only "a container", so there the name refines 
 
 from __future__ import annotations
 
+import functools
 import mimetypes
 import re
-from pathlib import PurePosixPath
 
 from crm_mcp.errors import InvalidInputError
 
@@ -101,7 +101,29 @@ def from_name(name: str | None) -> str | None:
     """The MIME type the file name's extension suggests, if any."""
     if not name:
         return None
-    suffix = PurePosixPath(name.replace("\\", "/")).suffix.lower()
+    return _from_suffix(_suffix(name).lower())
+
+
+def _suffix(name: str) -> str:
+    """`PurePosixPath(name).suffix` with backslashes as separators, without building a path: a
+    listing asks this once per file (Creatio and SuperOffice keep no MIME type), and the path
+    object cost more than the rest of turning a CRM row into a file entry.
+
+    The same rules: empty and `.` components do not count, a leading dot is a hidden file's name
+    rather than its extension, and a trailing dot is no extension."""
+    final = name if "/" not in name and "\\" not in name and name != "." else ""
+    if not final:
+        for part in reversed(name.replace("\\", "/").split("/")):
+            if part and part != ".":
+                final = part
+                break
+    dot = final.rfind(".")
+    return final[dot:] if 0 < dot < len(final) - 1 else ""
+
+
+@functools.lru_cache(maxsize=512)
+def _from_suffix(suffix: str) -> str | None:
+    """Bounded cache: the suffixes come from CRM data, and a listing repeats the same few."""
     if suffix in _EXTRA_TYPES:
         return _EXTRA_TYPES[suffix]
     guessed, _ = mimetypes.guess_type("x" + suffix, strict=False)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
+
 import pytest
 
-from crm_mcp.content import detect_mime, extension_for, is_text, normalize_mime, sniff
+from crm_mcp.content import _suffix, detect_mime, extension_for, from_name, is_text, normalize_mime, sniff
 from crm_mcp.errors import InvalidInputError
 
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
@@ -72,3 +74,34 @@ def test_is_text(mime: str, textual: bool) -> None:
 def test_extension_for() -> None:
     assert extension_for("image/png") == ".png"
     assert extension_for("text/markdown") == ".md"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "report.PDF",
+        "archive.tar.gz",
+        ".bashrc",
+        "trailing.",
+        "..",
+        "dir.d/plain",
+        "dir\\sub\\photo.JPG",
+        "photo.png/",
+        "photo.png/.",
+        "a/./b.txt//",
+        "//",
+        ".",
+        "no-extension",
+        "x.y/..",
+    ],
+)
+def test_the_name_suffix_follows_pathlib(name: str) -> None:
+    expected = PurePosixPath(name.replace("\\", "/")).suffix
+    assert _suffix(name) == expected
+
+
+def test_from_name_uses_the_last_extension_case_insensitively() -> None:
+    assert from_name("Scan 2024.final.PDF") == "application/pdf"
+    assert from_name("C:\\docs\\notes.md") == "text/markdown"
+    assert from_name(".hidden") is None
+    assert from_name("") is None
