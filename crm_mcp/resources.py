@@ -7,6 +7,7 @@ describes the templates for `resources/templates/list`.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -90,22 +91,28 @@ async def open_resource(app: CrmApp, uri: str) -> AsyncIterator[Download]:
 async def read_all(download: Download, limit: int, progress: Progress | None = None) -> bytes:
     """Collect a download into memory, refusing anything over `limit` bytes as soon as it shows:
     before the first byte when the size is announced, else at the chunk that passes the limit (the
-    rest is never read). A stream that ends short of its announced size is an error, not a file."""
+    rest is never read). A stream that ends short of its announced size is an error, not a file.
+
+    The chunks are gathered in a `BytesIO` because its `getvalue()` hands over its own buffer when
+    nothing else references it: the file is in memory once, where `bytes(bytearray)` held it twice
+    (a 20 MiB read peaked 20 MiB higher)."""
     if download.size is not None and download.size > limit:
         raise TooLargeError(too_large_message(download.name, download.size, limit))
-    buffer = bytearray()
+    buffer = io.BytesIO()
+    received = 0
     async for chunk in download.chunks:
-        buffer += chunk
-        if len(buffer) > limit:
+        received += len(chunk)
+        if received > limit:
             raise TooLargeError(too_large_message(download.name, None, limit))
+        buffer.write(chunk)
         if progress is not None:
-            await progress(len(buffer), download.size)
-    if download.size is not None and len(buffer) != download.size:
+            await progress(received, download.size)
+    if download.size is not None and received != download.size:
         raise BackendError(
-            f"the CRM sent {len(buffer):,} bytes of {download.name!r} but announced {download.size:,}; "
+            f"the CRM sent {received:,} bytes of {download.name!r} but announced {download.size:,}; "
             "the transfer was incomplete, so nothing is returned. Try again."
         )
-    return bytes(buffer)
+    return buffer.getvalue()
 
 
 async def read_resource(app: CrmApp, uri: str, progress: Progress | None = None) -> ReadResourceContents:

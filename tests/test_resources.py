@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -13,8 +14,9 @@ from mcp.shared.exceptions import MCPError
 from crm_mcp import resources
 from crm_mcp.app import open_app
 from crm_mcp.backends import _demo as demo
-from crm_mcp.backends.base import Upload
+from crm_mcp.backends.base import Download, Upload
 from crm_mcp.config import Settings
+from crm_mcp.errors import BackendError, TooLargeError
 from crm_mcp.server import build_server
 from tests.helpers import MISSING_GUID, all_files, find_one
 
@@ -105,3 +107,53 @@ async def test_backends_resource_shows_no_settings_beyond_name_and_vendor(
         (content,) = (await client.read_resource("crm://backends")).contents
     assert str(store) not in content.text
     assert set(json.loads(content.text)["backends"][0]) == {"name", "vendor", "default", "capabilities"}
+
+
+# ------------------------------------------------------------------------------------------ read_all
+
+MiB = 1024 * 1024
+
+
+def _download(pieces: list[bytes], size: int | None, sent: list[int] | None = None) -> Download:
+    async def chunks() -> AsyncIterator[bytes]:
+        for piece in pieces:
+            if sent is not None:
+                sent.append(len(piece))
+            yield piece
+
+    return Download(name="f.bin", mime_type="application/octet-stream", size=size, chunks=chunks())
+
+
+async def test_read_all_returns_the_chunks_joined() -> None:
+    pieces = [b"abc", b"", b"defgh", b"i" * 70_000]
+    assert await resources.read_all(_download(pieces, sum(map(len, pieces))), limit=MiB) == b"".join(pieces)
+
+
+async def test_read_all_holds_a_file_once_not_twice() -> None:
+    """`bytes(bytearray)` copied the whole file at the end; the BytesIO's buffer is handed over instead."""
+    size = 8 * MiB
+    pieces = [bytes(MiB)] * 8
+    tracemalloc.start()
+    try:
+        data = await resources.read_all(_download(pieces, size), limit=2 * size)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(data) == size
+    assert peak < 1.5 * size
+
+
+async def test_read_all_without_a_size_stops_at_the_chunk_that_passes_the_limit() -> None:
+    sent: list[int] = []
+    with pytest.raises(TooLargeError, match="grew past this server's transfer limit of 10 bytes"):
+        await resources.read_all(_download([b"123456", b"789012", b"never read"], None, sent), limit=10)
+    assert sent == [6, 6]
+
+
+async def test_read_all_of_exactly_the_limit_is_accepted() -> None:
+    assert await resources.read_all(_download([b"12345", b"67890"], None), limit=10) == b"1234567890"
+
+
+async def test_read_all_refuses_a_stream_shorter_than_announced() -> None:
+    with pytest.raises(BackendError, match=r"sent 3 bytes of 'f\.bin' but announced 5"):
+        await resources.read_all(_download([b"abc"], 5), limit=10)
