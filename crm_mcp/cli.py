@@ -153,6 +153,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
     if args.read_only:
         settings = settings.model_copy(update={"read_only": True})
     if args.transport == "stdio":
+        from crm_mcp._stdio import return_large_blocks_to_os
+
+        return_large_blocks_to_os()
         build_server(settings).run()
         return
 

@@ -1,10 +1,11 @@
 """Builds the MCP server: tools, resources and prompts on an `MCPServer`, backends opened by its lifespan.
 
-`CrmServer` adjusts three things the SDK's defaults get wrong for a file server:
+`CrmServer` adjusts four things the SDK's defaults get wrong for a file server:
 - `crm://` resources are read here, so each file is served with its own MIME type (the SDK gives all
   resources of a template one fixed type);
 - a `CrmError` from a tool becomes a tool error with our message (the SDK would hide it as a crash);
-- argument validation errors are rewritten into one line per field, without echoing large inputs.
+- argument validation errors are rewritten into one line per field, without echoing large inputs;
+- stdio runs on `crm_mcp._stdio`, the SDK's wire format without three whole copies of each large answer.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from mcp.types import INVALID_PARAMS, CallToolResult, GetPromptResult, InputRequ
 from pydantic import AnyUrl, ValidationError
 
 from crm_mcp import __version__, resources
+from crm_mcp._stdio import stdio_streams
 from crm_mcp.app import CrmApp, open_app
 from crm_mcp.completions import register_completions
 from crm_mcp.config import Settings
@@ -105,6 +107,12 @@ class CrmServer(MCPServer[CrmApp]):
                 message=f"Prompt {name!r} needs the argument(s): {', '.join(missing)}",
             )
         return await super().get_prompt(name, arguments, context)
+
+    async def run_stdio_async(self) -> None:
+        """What the SDK's method does, on crm-mcp's stdio streams (same wire, less memory per answer)."""
+        async with stdio_streams() as (read_stream, write_stream):
+            lowlevel = self._lowlevel_server
+            await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
 
     async def list_resources(self) -> list[Resource]:
         return [*resources.list_resources(), *await super().list_resources()]
