@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import anyio
+import anyio.lowlevel
 import pytest
 
 from crm_mcp.app import CrmApp
 from crm_mcp.backends.base import Upload
 from crm_mcp.config import Settings
 from crm_mcp.errors import AccessDeniedError, InvalidInputError, NotFoundError, TooLargeError
-from crm_mcp.sources import SourceContext, make_source, open_source, resolve_readable, resolve_writable
+from crm_mcp.sources import (
+    FILE_PIECE,
+    SourceContext,
+    StreamDigest,
+    make_source,
+    open_source,
+    resolve_readable,
+    resolve_writable,
+    side_by_side,
+)
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
 
@@ -57,6 +70,18 @@ async def test_path_source_streams_the_file(settings: Settings, files_root: Path
     upload, data = await read_source(settings, path=str(files_root / "p.png"))
     assert (upload.name, upload.mime_type, upload.size) == ("p.png", "image/png", len(PNG))
     assert data == PNG
+
+
+async def test_path_source_reads_one_mib_pieces(make_settings: Callable[..., Settings], files_root: Path) -> None:
+    """Each read is a worker-thread round trip: at 1 MiB a 200 MiB upload makes 200 of them, not 800."""
+    settings = make_settings("[limits]\nmax_transfer_bytes = 10000000\n")
+    data = os.urandom(2 * FILE_PIECE + 5)
+    (files_root / "big.bin").write_bytes(data)
+    context = SourceContext(app=CrmApp(settings=settings, backends={}))
+    async with open_source(make_source(path="big.bin"), context, mime_type="application/octet-stream") as upload:
+        sizes = [len(chunk) async for chunk in upload.chunks]
+    assert FILE_PIECE == 1024 * 1024
+    assert sizes == [FILE_PIECE, FILE_PIECE, 5]
 
 
 async def test_relative_path_is_inside_the_first_root(settings: Settings, files_root: Path) -> None:
@@ -293,3 +318,50 @@ async def test_redirect_to_a_private_address_is_refused(
     monkeypatch.setattr("crm_mcp.sources._is_public", lambda address: address == "127.0.0.1")
     with pytest.raises(AccessDeniedError, match=r"127\.0\.0\.2"):
         await read_source(settings, url=f"{web}/to-private")
+
+
+# ------------------------------------------------------------------------------------ digest, pairs
+
+
+async def _pieces(*pieces: bytes) -> AsyncIterator[bytes]:
+    for piece in pieces:
+        yield piece
+
+
+async def test_digest_hashes_and_counts_what_the_consumer_pulls() -> None:
+    digest = StreamDigest()
+    pulled = [chunk async for chunk in digest.wrap(_pieces(b"ab", b"cde"))]
+    assert pulled == [b"ab", b"cde"]
+    assert (digest.size, digest.hexdigest()) == (5, hashlib.sha256(b"abcde").hexdigest())
+
+
+async def test_a_consumer_that_takes_the_hash_over_feeds_the_same_digest() -> None:
+    """The local store hashes what it writes anyway; taking the hash over makes that the only hash."""
+    digest = StreamDigest()
+    chunks = digest.wrap(_pieces(b"ab", b"cde"))
+    assert [await chunks.__anext__()] == [b"ab"]  # hashed by the digest
+    hasher = chunks.take_hashing()
+    rest = [chunk async for chunk in chunks]  # from now on, hashed only by the consumer...
+    assert digest.hexdigest() == hashlib.sha256(b"ab").hexdigest() and digest.size == 5
+    for chunk in rest:
+        hasher.update(chunk)  # ...which feeds the digest's own hash
+    assert digest.hexdigest() == hashlib.sha256(b"abcde").hexdigest()
+
+
+async def test_side_by_side_raises_the_failing_side_s_own_error_and_stops_the_other() -> None:
+    stopped = False
+
+    async def fails() -> None:
+        await anyio.lowlevel.checkpoint()
+        raise TooLargeError("too big")
+
+    async def waits() -> None:
+        nonlocal stopped
+        try:
+            await anyio.sleep(10)
+        finally:
+            stopped = True
+
+    with pytest.raises(TooLargeError, match="too big"):  # the error itself, not an ExceptionGroup
+        await side_by_side(waits, fails)
+    assert stopped

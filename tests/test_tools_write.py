@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
-import anyio
 import pytest
 
 from crm_mcp import tools
@@ -67,3 +66,58 @@ async def test_a_short_transfer_leaves_nothing_behind(tmp_path: Path) -> None:
     with pytest.raises(TooLargeError, match="transfer limit"):
         await tools._write_atomically(_chunks(data), tmp_path / "big.bin", False, None, tools.WRITE_PIECE, quiet)
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_the_next_piece_is_read_while_the_last_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Overlap with a bound: never more than two pieces between the CRM and the disk."""
+    written = 0
+    in_flight: list[int] = []
+    real = tools._HashedFile.write
+
+    def slow(sink: tools._HashedFile, piece: bytes) -> None:
+        nonlocal written
+        time.sleep(0.002)
+        real(sink, piece)
+        written += 1
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for produced in range(1, 11):
+            in_flight.append(produced - written)
+            yield b"w" * tools.WRITE_PIECE
+
+    monkeypatch.setattr(tools._HashedFile, "write", slow)
+    size, _ = await tools._write_atomically(pieces(), tmp_path / "w.bin", False, None, 20 * tools.WRITE_PIECE, _quiet)
+    assert size == 10 * tools.WRITE_PIECE
+    assert max(in_flight) == 2
+
+
+async def test_the_chunk_past_the_limit_is_never_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    recorder = _Recorder(monkeypatch)
+    data = os.urandom(3 * tools.WRITE_PIECE)
+    with pytest.raises(TooLargeError, match="transfer limit"):
+        await tools._write_atomically(
+            _chunks(data, tools.WRITE_PIECE), tmp_path / "big.bin", False, None, 2 * tools.WRITE_PIECE + 1, _quiet
+        )
+    assert sum(recorder.writes) <= 2 * tools.WRITE_PIECE
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_disk_error_arrives_as_itself_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer runs beside the reader in a task group; its error must not become an ExceptionGroup."""
+
+    def full(sink: tools._HashedFile, piece: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tools._HashedFile, "write", full)
+    data = os.urandom(2 * tools.WRITE_PIECE)
+    with pytest.raises(OSError, match="No space left"):
+        await tools._write_atomically(_chunks(data), tmp_path / "f.bin", False, len(data), 10 * len(data), _quiet)
+    assert list(tmp_path.iterdir()) == []
+
+
+async def _quiet(done: int, total: int | None) -> None:
+    return None

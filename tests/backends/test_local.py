@@ -8,6 +8,7 @@ import re
 import sqlite3
 import struct
 import sys
+import time
 import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,10 +17,11 @@ import anyio
 import pytest
 from pydantic import ValidationError
 
-from crm_mcp.backends import _demo, vendor_class
+from crm_mcp.backends import _demo, local, vendor_class
 from crm_mcp.backends.base import Backend, BackendContext, Download, FileEntry, Upload
 from crm_mcp.backends.local import CHUNK_SIZE, SCHEMA_VERSION, LocalBackend, LocalSettings
 from crm_mcp.errors import BackendError, InvalidInputError, NotFoundError, TooLargeError
+from crm_mcp.sources import StreamDigest
 
 pytestmark = pytest.mark.anyio
 
@@ -359,6 +361,79 @@ async def test_large_file_is_read_in_pieces_of_one_mib(store: Path) -> None:
             sizes = [len(chunk) async for chunk in download.chunks]
     assert CHUNK_SIZE == 1024 * 1024
     assert sizes == [CHUNK_SIZE, CHUNK_SIZE, 12_345]
+
+
+class _CountingHash:
+    """A sha256 that counts the bytes fed to it, to tell one hash of an upload from two."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self.fed = 0
+
+    def update(self, data: bytes, /) -> None:
+        self.fed += len(data)
+        self._hash.update(data)
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+async def test_upload_takes_over_the_tool_digest_and_hashes_each_byte_once(crm: LocalBackend, store: Path) -> None:
+    payload = os.urandom(300_000)
+    digest = StreamDigest()
+    counting = _CountingHash()
+    digest.hasher = counting  # type: ignore[assignment]
+    upload = Upload("d.bin", "application/octet-stream", len(payload), digest.wrap(_chunks(payload, 10_000)))
+    entry = await crm.upload_attachment("case", PRINTER, upload)
+    with sqlite3.connect(store / "crm.sqlite3") as conn:
+        (sha,) = conn.execute("SELECT sha256 FROM files WHERE file_id = ?", (entry.file_id,)).fetchone()
+    assert sha == digest.hexdigest() == hashlib.sha256(payload).hexdigest()
+    assert (digest.size, counting.fed) == (len(payload), len(payload))  # not 2x: the store hashed, the digest counted
+
+
+async def test_a_disk_error_while_writing_is_a_backend_error_and_leaves_nothing(
+    crm: LocalBackend, store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer runs beside the source in a task group: its error must still arrive as itself."""
+    real = local._Spool.write
+    calls = 0
+
+    def full(spool: local._Spool, chunk: bytes) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise OSError(28, "No space left on device")
+        real(spool, chunk)
+
+    monkeypatch.setattr(local._Spool, "write", full)
+    before = snapshot(store)
+    with pytest.raises(BackendError, match="No space left on device; nothing was stored"):
+        await crm.upload_attachment("case", PRINTER, upload_of(b"q" * 50_000))
+    assert snapshot(store) == before
+
+
+async def test_the_source_reads_the_next_piece_while_the_store_writes(
+    crm: LocalBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Overlap with a bound: at most two pieces between the source and the disk, whatever the size."""
+    written = 0
+    in_flight: list[int] = []
+    real = local._Spool.write
+
+    def slow(spool: local._Spool, chunk: bytes) -> None:
+        nonlocal written
+        time.sleep(0.002)
+        real(spool, chunk)
+        written += 1
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for produced in range(1, 21):
+            in_flight.append(produced - written)
+            yield b"p" * 1000
+
+    monkeypatch.setattr(local._Spool, "write", slow)
+    await crm.upload_attachment("case", PRINTER, Upload("p.bin", "application/octet-stream", 20_000, chunks()))
+    assert max(in_flight) == 2
 
 
 @pytest.mark.parametrize(("record_type", "record_id"), [("contact", WILSON), ("account", _demo.ACCOUNT_CONTOSO)])
