@@ -456,9 +456,11 @@ def _refuse_read_only(app: CrmApp, name: str, tool: str) -> None:
         )
 
 
-WRITE_PIECE = 1024 * 1024
+WRITE_PIECE = 1024 * 1024 - 4096
 """Bytes gathered before each write of `save_file`: every write is a worker-thread round trip, and
-vendors yield small chunks (≈48 KiB of decoded base64), so writing per chunk costs more than the disk."""
+vendors yield small chunks (≈48 KiB of decoded base64), so writing per chunk costs more than the disk.
+A gathered piece never exceeds it, staying under the 1 MiB blocks glibc maps on their own in the stdio
+server (`_stdio.MMAP_THRESHOLD`); a chunk that is a piece on its own (the local store's) goes as it is."""
 
 
 class _HashedFile:
@@ -534,6 +536,9 @@ async def _write_behind(chunks: Any, sink: _HashedFile, limit: int, expected: in
                     raise TooLargeError(
                         f"the file is over this server's transfer limit of {limit:,} bytes (limits.max_transfer_bytes)"
                     )
+                if pending and held + len(chunk) > WRITE_PIECE:
+                    await send.send(_joined(pending))
+                    pending, held = [], 0
                 pending.append(chunk)
                 held += len(chunk)
                 if held >= WRITE_PIECE:

@@ -14,6 +14,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
+from crm_mcp._stdio import MMAP_THRESHOLD
 from crm_mcp.app import CrmApp
 from crm_mcp.backends.base import Upload
 from crm_mcp.config import Settings
@@ -72,15 +73,17 @@ async def test_path_source_streams_the_file(settings: Settings, files_root: Path
     assert data == PNG
 
 
-async def test_path_source_reads_one_mib_pieces(make_settings: Callable[..., Settings], files_root: Path) -> None:
-    """Each read is a worker-thread round trip: at 1 MiB a 200 MiB upload makes 200 of them, not 800."""
+async def test_path_source_reads_pieces_just_under_one_mib(
+    make_settings: Callable[..., Settings], files_root: Path
+) -> None:
+    """Each read is a worker-thread round trip: at ~1 MiB a 200 MiB upload makes ~200 of them, not 800."""
     settings = make_settings("[limits]\nmax_transfer_bytes = 10000000\n")
     data = os.urandom(2 * FILE_PIECE + 5)
     (files_root / "big.bin").write_bytes(data)
     context = SourceContext(app=CrmApp(settings=settings, backends={}))
     async with open_source(make_source(path="big.bin"), context, mime_type="application/octet-stream") as upload:
         sizes = [len(chunk) async for chunk in upload.chunks]
-    assert FILE_PIECE == 1024 * 1024
+    assert FILE_PIECE + 64 < MMAP_THRESHOLD  # a bytes object of 1 MiB would be mapped and unmapped per read
     assert sizes == [FILE_PIECE, FILE_PIECE, 5]
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from crm_mcp import tools
+from crm_mcp._stdio import MMAP_THRESHOLD
 from crm_mcp.errors import InvalidInputError, TooLargeError
 
 pytestmark = pytest.mark.anyio
@@ -50,10 +51,24 @@ async def test_small_chunks_are_written_in_one_mib_pieces(tmp_path: Path, monkey
     size, digest = await tools._write_atomically(_chunks(data), target, False, len(data), 10 * len(data), progress)
     assert (size, digest) == (len(data), hashlib.sha256(data).hexdigest())
     assert target.read_bytes() == data
-    assert len(recorder.writes) == 3 and sum(recorder.writes) == len(data)  # not one write per 48 KiB chunk (65)
-    assert all(tools.WRITE_PIECE <= n < tools.WRITE_PIECE + CHUNK for n in recorder.writes[:-1])
+    assert len(recorder.writes) == 4 and sum(recorder.writes) == len(data)  # not one write per 48 KiB chunk (64)
+    assert all(tools.WRITE_PIECE - CHUNK < n <= tools.WRITE_PIECE for n in recorder.writes[:-1])
     assert len(reports) == -(-len(data) // CHUNK) and reports[-1] == (len(data), len(data))  # still per chunk
     assert [p.name for p in tmp_path.iterdir()] == ["big.bin"]
+
+
+async def test_pieces_stay_under_the_size_glibc_maps_on_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stdio server maps every block of MMAP_THRESHOLD or more on its own: a piece that size would be
+    mapped, faulted in page by page and unmapped for every write. The store's own pieces pass unjoined."""
+    recorder = _Recorder(monkeypatch)
+    data = os.urandom(3 * tools.WRITE_PIECE)
+    await tools._write_atomically(
+        _chunks(data, tools.WRITE_PIECE), tmp_path / "s.bin", False, len(data), 10 * len(data), _quiet
+    )
+    assert recorder.writes == [tools.WRITE_PIECE] * 3
+    assert tools.WRITE_PIECE + 64 < MMAP_THRESHOLD  # 64: the bytes object's and malloc's headers
 
 
 async def test_a_short_transfer_leaves_nothing_behind(tmp_path: Path) -> None:
