@@ -18,8 +18,6 @@ library or child process that prints cannot corrupt a frame; both are restored o
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import io
 import os
 import sys
@@ -51,9 +49,10 @@ def return_large_blocks_to_os() -> bool:
     the first large answer, every later 27 MiB string comes from the heap, whose freed space is kept,
     so the server stayed ~130 MiB above its idle size after one read and its peak grew by a frame per
     read. A fixed threshold stops the adjustment. Returns False where there is no glibc (no change)."""
-    name = ctypes.util.find_library("c")
+    import ctypes  # here, not at the top: only `serve` over stdio needs it
+
     try:
-        libc = ctypes.CDLL(name)
+        libc = ctypes.CDLL(None)  # the interpreter's own symbols, which include the C library's
         mallopt = libc.mallopt
         libc.gnu_get_libc_version  # noqa: B018 - glibc only: musl's mallopt does nothing
     except (OSError, AttributeError, TypeError):
@@ -149,11 +148,11 @@ def _claimed(fd: int, stream: Any, mode: str, divert: Callable[[], int]) -> Iter
         yield stream.buffer
         return
     try:
-        # closefd=False: a worker thread may still be blocked reading it when the server stops.
         yield os.fdopen(private, mode, closefd=False)
     finally:
+        # The duplicate stays open: a worker thread may still be blocked reading it (a cancelled
+        # server), and a closed number could be reused under it for another file.
         os.dup2(private, fd)
-        os.close(private)
 
 
 def _backed_by(stream: Any, fd: int) -> bool:
