@@ -37,8 +37,11 @@ __all__ = ["SLICE_CHARS", "frame_pieces", "return_large_blocks_to_os", "stdio_st
 SLICE_CHARS = 1 << 20
 """Strings longer than this are serialised and written a slice at a time (1 Mi characters)."""
 
-MMAP_THRESHOLD = 1 << 20
-"""Allocations of at least this size get their own mapping, returned to the OS when freed."""
+MMAP_THRESHOLD = 4 << 20
+"""Allocations of at least this size get their own mapping, returned to the OS when freed. 4 MiB, not
+1: transfer pieces and frame slices (about 1 MiB) then reuse heap memory instead of being mapped and
+faulted in each time (a 20 MiB read: 29,000 page faults instead of 49,000, about 20 ms less CPU), for
+3 MiB more RSS kept after a large answer."""
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 
 
