@@ -354,7 +354,7 @@ async def test_upload_round_trips_bytes_size_and_hash(crm: LocalBackend, store: 
 
 
 async def test_large_file_is_read_in_pieces_just_under_one_mib(store: Path) -> None:
-    """Each read is a worker-thread round trip: 1 MiB pieces keep them few, and memory stays one piece."""
+    """Each read is a worker-thread round trip: ~1 MiB pieces keep them few, and memory stays one piece."""
     payload = os.urandom(2 * CHUNK_SIZE + 12_345)
     async with make(store, limit=10 * CHUNK_SIZE) as crm:
         entry = await crm.upload_attachment("case", PRINTER, upload_of(payload, "big.bin"))
