@@ -32,7 +32,7 @@ from mcp.shared.message import SessionMessage
 from pydantic import BaseModel
 from pydantic_core import to_json
 
-__all__ = ["SLICE_CHARS", "frame_pieces", "return_large_blocks_to_os", "stdio_streams"]
+__all__ = ["MMAP_THRESHOLD", "SLICE_CHARS", "frame_pieces", "return_large_blocks_to_os", "stdio_streams"]
 
 SLICE_CHARS = 1 << 20
 """Strings longer than this are serialised and written a slice at a time (1 Mi characters)."""
