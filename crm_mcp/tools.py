@@ -456,11 +456,11 @@ def _refuse_read_only(app: CrmApp, name: str, tool: str) -> None:
         )
 
 
-WRITE_PIECE = 1024 * 1024 - 4096
+WRITE_PIECE = 1024 * 1024
 """Bytes gathered before each write of `save_file`: every write is a worker-thread round trip, and
 vendors yield small chunks (≈48 KiB of decoded base64), so writing per chunk costs more than the disk.
-A gathered piece never exceeds it, staying under the 1 MiB blocks glibc maps on their own in the stdio
-server (`_stdio.MMAP_THRESHOLD`); a chunk that is a piece on its own (the local store's) goes as it is."""
+A gathered piece never exceeds it, so pieces stay under the stdio server's `_stdio.MMAP_THRESHOLD`
+(heap memory, reused); a chunk that is a piece on its own (the local store's) goes as it is."""
 
 
 class _HashedFile:

@@ -60,11 +60,10 @@ logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 """`PRAGMA user_version` of the store this code writes; a newer store is refused, not damaged."""
 
-CHUNK_SIZE = 1024 * 1024 - 4096
-"""Bytes per read of a stored file: each read is one worker-thread round trip, so ~1 MiB pieces keep
-those hops rare (20 for 20 MiB) while only one piece is in memory at a time. Just under 1 MiB: the
-stdio server has glibc map every block of 1 MiB or more on its own (`_stdio.MMAP_THRESHOLD`), and
-a piece of exactly 1 MiB was mapped, faulted in and unmapped on every read."""
+CHUNK_SIZE = 1024 * 1024
+"""Bytes per read of a stored file: each read is one worker-thread round trip, so 1 MiB pieces keep
+those hops rare (20 for 20 MiB) while only one piece is in memory at a time. It must stay under the
+stdio server's `_stdio.MMAP_THRESHOLD`, or every piece is mapped, faulted in and unmapped again."""
 BUSY_TIMEOUT_MS = 15_000
 """How long a write waits for another process's transaction before failing."""
 STALE_TEMP_SECONDS = 24 * 3600
