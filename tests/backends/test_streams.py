@@ -24,6 +24,20 @@ pytestmark = pytest.mark.anyio
 SOAP_SPACE = b" \t\r\n"
 
 
+@pytest.fixture(autouse=True, params=["binascii", "pybase64"])
+def base64_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs on the standard library's base64 and on pybase64 (the SIMD dependency), so an
+    install without pybase64 behaves exactly like one with it."""
+    if request.param == "binascii":
+        monkeypatch.setattr(_streams, "_simd_b64decode", None)
+        monkeypatch.setattr(_streams, "_b2a", base64.b64encode)
+    else:
+        pybase64 = pytest.importorskip("pybase64")
+        monkeypatch.setattr(_streams, "_simd_b64decode", pybase64.b64decode)
+        monkeypatch.setattr(_streams, "_b2a", pybase64.b64encode)
+    return request.param
+
+
 async def pieces_of(data: bytes, sizes: list[int]) -> AsyncIterator[bytes]:
     start = 0
     for size in sizes:
@@ -84,21 +98,6 @@ async def test_checked_upload_stops_a_source_that_does_not(
 
 
 # ------------------------------------------------------------------------------------- decoder
-
-
-@pytest.fixture(autouse=True, params=["binascii", "pybase64"])
-def decoder_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every decoder test runs on binascii and, where it is installed, on the pybase64 accelerator."""
-    if "decoder" not in request.node.name:
-        if request.param != "binascii":
-            pytest.skip("only the decoder tests depend on the base64 implementation")
-        return request.param
-    if request.param == "binascii":
-        monkeypatch.setattr(_streams, "_simd_b64decode", None)
-    else:
-        pybase64 = pytest.importorskip("pybase64")
-        monkeypatch.setattr(_streams, "_simd_b64decode", pybase64.b64decode)
-    return request.param
 
 
 def decode_pieces(pieces: list[bytes | str], *, whitespace: bytes = b"", pad: bool = False) -> bytes:
