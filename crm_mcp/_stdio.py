@@ -32,36 +32,10 @@ from mcp.shared.message import SessionMessage
 from pydantic import BaseModel
 from pydantic_core import to_json
 
-__all__ = ["MMAP_THRESHOLD", "SLICE_CHARS", "frame_pieces", "return_large_blocks_to_os", "stdio_streams"]
+__all__ = ["SLICE_CHARS", "frame_pieces", "stdio_streams"]
 
 SLICE_CHARS = 1 << 20
 """Strings longer than this are serialised and written a slice at a time (1 Mi characters)."""
-
-MMAP_THRESHOLD = 4 << 20
-"""Allocations of at least this size get their own mapping, returned to the OS when freed. 4 MiB, not
-1: transfer pieces and frame slices (about 1 MiB) then reuse heap memory instead of being mapped and
-faulted in each time (a 20 MiB read: 29,000 page faults instead of 49,000, about 20 ms less CPU), for
-3 MiB more RSS kept after a large answer."""
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
-
-
-def return_large_blocks_to_os() -> bool:
-    """Make glibc give every block of `MMAP_THRESHOLD` bytes or more its own mapping, always.
-
-    By default glibc raises that threshold to the size of the largest block freed (up to 32 MiB): after
-    the first large answer, every later 27 MiB string comes from the heap, whose freed space is kept,
-    so the server stayed ~130 MiB above its idle size after one read and its peak grew by a frame per
-    read. A fixed threshold stops the adjustment. Returns False where there is no glibc (no change)."""
-    import ctypes  # here, not at the top: only `serve` over stdio needs it
-
-    try:
-        libc = ctypes.CDLL(None)  # the interpreter's own symbols, which include the C library's
-        mallopt = libc.mallopt
-        libc.gnu_get_libc_version  # noqa: B018 - glibc only: musl's mallopt does nothing
-    except (OSError, AttributeError, TypeError):
-        return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
-
 
 # ------------------------------------------------------------------------------------------ writing
 

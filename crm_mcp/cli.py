@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from crm_mcp import __version__
+from crm_mcp._memory import return_large_blocks_to_os
 from crm_mcp.app import build_backends
 from crm_mcp.config import Settings, load_settings
 from crm_mcp.errors import ConfigError, CrmError
@@ -152,10 +153,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
 
     if args.read_only:
         settings = settings.model_copy(update={"read_only": True})
+    return_large_blocks_to_os()
     if args.transport == "stdio":
-        from crm_mcp._stdio import return_large_blocks_to_os
-
-        return_large_blocks_to_os()
         build_server(settings).run()
         return
 
@@ -204,6 +203,7 @@ def worker_app() -> ASGIApp:
     """The app of one `serve --workers N` process, from the options `_serve` put in the environment.
     Each worker opens its own backends (their logins and connection pools); the local store is safe
     to share between processes."""
+    return_large_blocks_to_os()  # a worker is a fresh process: the parent's setting is not inherited
     options = json.loads(os.environ[WORKER_OPTIONS_ENV])
     settings = _settings_and_logging(options["config"], options["log_level"])
     if options["read_only"]:

@@ -54,7 +54,7 @@ CHUNK_SIZE = 256 * 1024
 FILE_PIECE = 1024 * 1024
 """Bytes per read of a local file (a path source, a spooled download): each read is a worker-thread
 round trip, and at 256 KiB a 200 MiB upload paid ~800 of them. It must stay under the stdio server's
-`_stdio.MMAP_THRESHOLD`: a block that size gets its own mapping, faulted in page by page and unmapped
+`_memory.MMAP_THRESHOLD`: a block that size gets its own mapping, faulted in page by page and unmapped
 again on every read (at a 1 MiB threshold, 1 MiB pieces cost 51,200 page faults per 200 MiB)."""
 MAX_REDIRECTS = 5
 SourceKind = Literal["path", "url", "resource_uri", "content_base64", "content_text"]

@@ -459,7 +459,7 @@ def _refuse_read_only(app: CrmApp, name: str, tool: str) -> None:
 WRITE_PIECE = 1024 * 1024
 """Bytes gathered before each write of `save_file`: every write is a worker-thread round trip, and
 vendors yield small chunks (≈48 KiB of decoded base64), so writing per chunk costs more than the disk.
-A gathered piece never exceeds it, so pieces stay under the stdio server's `_stdio.MMAP_THRESHOLD`
+A gathered piece never exceeds it, so pieces stay under the stdio server's `_memory.MMAP_THRESHOLD`
 (heap memory, reused); a chunk that is a piece on its own (the local store's) goes as it is."""
 
 

@@ -14,7 +14,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from crm_mcp._stdio import MMAP_THRESHOLD
+from crm_mcp._memory import MMAP_THRESHOLD
 from crm_mcp.app import CrmApp
 from crm_mcp.backends.base import Upload
 from crm_mcp.config import Settings

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from crm_mcp import tools
-from crm_mcp._stdio import MMAP_THRESHOLD
+from crm_mcp._memory import MMAP_THRESHOLD
 from crm_mcp.errors import InvalidInputError, TooLargeError
 
 pytestmark = pytest.mark.anyio

@@ -63,7 +63,7 @@ SCHEMA_VERSION = 1
 CHUNK_SIZE = 1024 * 1024
 """Bytes per read of a stored file: each read is one worker-thread round trip, so 1 MiB pieces keep
 those hops rare (20 for 20 MiB) while only one piece is in memory at a time. It must stay under the
-stdio server's `_stdio.MMAP_THRESHOLD`, or every piece is mapped, faulted in and unmapped again."""
+stdio server's `_memory.MMAP_THRESHOLD`, or every piece is mapped, faulted in and unmapped again."""
 BUSY_TIMEOUT_MS = 15_000
 """How long a write waits for another process's transaction before failing."""
 STALE_TEMP_SECONDS = 24 * 3600

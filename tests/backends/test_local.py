@@ -17,7 +17,7 @@ import anyio
 import pytest
 from pydantic import ValidationError
 
-from crm_mcp._stdio import MMAP_THRESHOLD
+from crm_mcp._memory import MMAP_THRESHOLD
 from crm_mcp.backends import _demo, local, vendor_class
 from crm_mcp.backends.base import Backend, BackendContext, Download, FileEntry, Upload
 from crm_mcp.backends.local import CHUNK_SIZE, SCHEMA_VERSION, LocalBackend, LocalSettings
