@@ -60,6 +60,11 @@ class Sizes:
     latency: float = 0.05
     workers: int = 1
     """Case 5: `crm-mcp serve --transport http --workers N`."""
+    connections: int | None = None
+    """Case 5: the backend's `max_connections` (None: as many as there are concurrent calls). The pool
+    stays bounded; with the default of 20, 64 one-request listings need at least ceil(64 / 20) = 4
+    rounds of CRM latency, more than the 3x the case allows, so the case sizes the pool as a
+    deployment expecting that many callers would."""
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -453,10 +458,22 @@ def _free_port() -> int:
         return port
 
 
+def _pool_config(ws: Workspace, connections: int) -> Path:
+    """The workspace's config with the backend's `max_connections` set (the local store has no pool)."""
+    if ws.simulator is None:
+        return ws.config
+    config = ws.config.with_name("crm-mcp-concurrency.toml")
+    # The backend's table is the last in the file, so a key appended lands in it.
+    config.write_text(ws.config.read_text("utf-8") + f"max_connections = {connections}\n", "utf-8")
+    return config
+
+
 async def case_concurrency(ws: Workspace, sizes: Sizes) -> list[Figure]:
     port = _free_port()
     log = (ws.scratch / "crm-mcp-http.log").open("ab")
-    argv = server_argv(ws.config, "--transport", "http", "--port", str(port), "--workers", str(sizes.workers))
+    connections = sizes.connections or sizes.concurrency
+    config = _pool_config(ws, connections)
+    argv = server_argv(config, "--transport", "http", "--port", str(port), "--workers", str(sizes.workers))
     process = await anyio.to_thread.run_sync(
         lambda: subprocess.Popen(argv, env=ws.env, cwd=ws.scratch, stdout=log, stderr=log)
     )
@@ -506,7 +523,11 @@ async def case_concurrency(ws: Workspace, sizes: Sizes) -> list[Figure]:
         process.terminate()
         await anyio.to_thread.run_sync(process.wait)
         log.close()
-    latency = f"{sizes.latency * 1000:.0f} ms per CRM request" if ws.simulator else "no CRM latency (local store)"
+    latency = (
+        f"{sizes.latency * 1000:.0f} ms per CRM request, max_connections = {connections}"
+        if ws.simulator
+        else "no CRM latency (local store)"
+    )
     if sizes.workers > 1:
         latency += f"; {sizes.workers} server processes"
     return [

@@ -52,6 +52,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--workers", type=int, default=1, help="case 5: serve HTTP with this many processes (not 1: prints only)"
     )
+    parser.add_argument(
+        "--connections",
+        type=int,
+        help="case 5: the backends' max_connections (default: one per concurrent call, 64; else prints only)",
+    )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     if args.runs:
@@ -60,6 +65,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.workers < 1:
             parser.error("--workers must be at least 1")
         sizes = Sizes(**{**sizes.__dict__, "workers": args.workers})
+
+    if args.connections is not None:
+        if not 1 <= args.connections <= 256:
+            parser.error("--connections must be between 1 and 256 (the range max_connections accepts)")
+        sizes = Sizes(**{**sizes.__dict__, "connections": args.connections})
 
     scratch = Path(tempfile.mkdtemp(prefix="crm-mcp-bench-"))
     load_before = _load()
@@ -76,7 +86,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "python -m benchmarks"
         + (" --quick" if args.quick else "")
-        + (f" --workers {args.workers}" if args.workers != 1 else ""),
+        + (f" --workers {args.workers}" if args.workers != 1 else "")
+        + (f" --connections {args.connections}" if args.connections is not None else ""),
         "load_before": load_before,
         "load_after": _load(),
         "machine": f"{os.cpu_count()} CPUs, Linux {platform.release()}, Python {platform.python_version()}",
@@ -86,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     table = render(figures, context)
     print(table)
     complete = set(args.backends) == set(BACKENDS) and set(args.cases) == set(ORDER)
-    if complete and not args.quick and not args.no_readme and args.workers == 1:
+    default_pool = args.connections is None or args.connections == sizes.concurrency
+    if complete and not args.quick and not args.no_readme and args.workers == 1 and default_pool:
         write_readme(README, table)
         print(f"written to {README}", file=sys.stderr)
     if any(figure.met is False for figure in figures):
