@@ -410,11 +410,34 @@ async def _measured(peer: StdioPeer, tool: str, **arguments: Any) -> tuple[float
 # ------------------------------------------------------------------------- 4. call overhead
 
 
+async def _listing_spec(ws: Workspace, exchanges: list[Exchange]) -> Path:
+    spec = {
+        "kind": "listing",
+        "requests": [
+            {
+                "method": exchange.method,
+                "url": exchange.url,
+                "headers": exchange.headers,
+                "body_path": str(exchange.body_path) if exchange.body_path else None,
+            }
+            for exchange in exchanges
+        ],
+    }
+    spec_path = anyio.Path(ws.scratch / "listing-spec.json")
+    await spec_path.write_text(json.dumps(spec))
+    return Path(spec_path)
+
+
 async def case_listing(ws: Workspace, sizes: Sizes) -> list[Figure]:
     exchanges = await ws.recorded_listing() if ws.simulator is not None else []
     server = await _start(server_argv(ws.config), ws, "crm-mcp-listing")
+    minimal = None
+    if ws.simulator is not None:
+        minimal_argv = [sys.executable, str(MINIMAL_SERVER), str(await _listing_spec(ws, exchanges))]
+        minimal = await _start(minimal_argv, ws, "minimal-listing")
     times_mcp: list[float] = []
     times_base: list[float] = []
+    times_min: list[float] = []
     try:
         async with replay_client() as client:
             for run in range(sizes.listing_runs + 2):  # two warm-up rounds
@@ -427,14 +450,22 @@ async def case_listing(ws: Workspace, sizes: Sizes) -> list[Figure]:
                     start = time.perf_counter()
                     await ws.backend.list_case_files(ws.case_id, limit=LISTED_FILES, cursor=None)
                     base = time.perf_counter() - start
+                if minimal is not None:
+                    floor, answer = await _tool(minimal, "listing")
+                    if answer.get("isError"):
+                        raise RuntimeError(f"{ws.name}: the minimal server's listing failed: {answer}")
+                    if run >= 2:
+                        times_min.append(floor)
                 if run >= 2:
                     times_mcp.append(elapsed)
                     times_base.append(base)
     finally:
         await anyio.to_thread.run_sync(server.close)
+        if minimal is not None:
+            await anyio.to_thread.run_sync(minimal.close)
     requests = len(exchanges)
     baseline = f"replay of its {requests} HTTP request(s)" if ws.simulator else "the backend called in-process"
-    return [
+    figures = [
         _ratio_figure(
             "4",
             ws,
@@ -442,10 +473,23 @@ async def case_listing(ws: Workspace, sizes: Sizes) -> list[Figure]:
             [m / b for m, b in zip(times_mcp, times_base, strict=True)],
             bound="max" if ws.simulator else None,
             limit=2.0,
-            detail=f"crm-mcp {_seconds(times_mcp)}, baseline {_seconds(times_base)}",
+            detail=f"crm-mcp {_seconds(times_mcp)}, baseline {_seconds(times_base)}"
+            + (f", minimal MCPServer sending the same requests {_seconds(times_min)}" if times_min else ""),
             note="" if ws.simulator else "no HTTP calls to compare with (a SQLite query); reported for scale",
         )
     ]
+    if times_min:
+        figures.append(
+            _ratio_figure(
+                "4",
+                ws,
+                "minimal MCPServer tool sending the same requests ÷ the same replay (the SDK's floor, for scale)",
+                [m / b for m, b in zip(times_min, times_base, strict=True)],
+                bound=None,
+                detail=f"minimal MCPServer {_seconds(times_min)}, baseline {_seconds(times_base)}",
+            )
+        )
+    return figures
 
 
 # ----------------------------------------------------------------- 5. concurrency over HTTP

@@ -1,5 +1,9 @@
 """The baseline server: a minimal `MCPServer` (mcp 2.3.0) with one tool, `ping`.
 
+Given a listing spec instead (`"kind": "listing"`), it adds the tool `listing`: the HTTP requests
+crm-mcp's backend made for `list_case_files`, replayed, with the CRM's answers returned as they came
+(case 4's floor: what any MCP server pays per call on top of the CRM's requests).
+
 Given a fetch spec (a JSON file, first argument), it also serves the resource `bench://payload`:
 the same bytes crm-mcp serves, fetched from the same simulator with one httpx request (the one
 crm-mcp's backend itself made for the bytes, replayed) and returned whole — the least work any
@@ -20,6 +24,7 @@ from typing import Any
 from mcp.server.mcpserver import MCPServer
 
 server = MCPServer("minimal")
+_NOT_REPLAYED = ("host", "content-length")
 
 
 @server.tool()
@@ -54,6 +59,30 @@ def _add_payload(spec: dict[str, Any]) -> None:
         return data
 
 
+def _add_listing(spec: dict[str, Any]) -> None:
+    """Case 4's floor: a tool that sends the requests crm-mcp's backend sent for a listing (replayed
+    one after the other) and returns the CRM's answers as they came, JSON parsed where it is JSON."""
+    clients: list[Any] = []
+
+    @server.tool()
+    async def listing() -> dict[str, Any]:
+        """Replay the recorded listing requests; return the CRM's answers."""
+        import httpx
+
+        if not clients:
+            clients.append(httpx.AsyncClient(timeout=300))
+        answers: list[Any] = []
+        for request in spec["requests"]:
+            headers = [
+                (key, value) for key, value in request["headers"] if key.lower() not in ("host", "content-length")
+            ]
+            body = await anyio_read(request["body_path"]) if request.get("body_path") else None
+            response = await clients[0].request(request["method"], request["url"], headers=headers, content=body)
+            is_json = response.headers.get("content-type", "").startswith("application/json")
+            answers.append(response.json() if is_json else response.text)
+        return {"answers": answers}
+
+
 async def anyio_read(path: str) -> bytes:
     import anyio
 
@@ -62,5 +91,6 @@ async def anyio_read(path: str) -> bytes:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1:
-        _add_payload(json.loads(Path(sys.argv[1]).read_text()))
+        given = json.loads(Path(sys.argv[1]).read_text())
+        (_add_listing if given["kind"] == "listing" else _add_payload)(given)
     server.run()
