@@ -512,32 +512,40 @@ def _pool_config(ws: Workspace, connections: int) -> Path:
     return config
 
 
-async def case_concurrency(ws: Workspace, sizes: Sizes) -> list[Figure]:
-    port = _free_port()
-    log = (ws.scratch / "crm-mcp-http.log").open("ab")
-    connections = sizes.connections or sizes.concurrency
-    config = _pool_config(ws, connections)
-    argv = server_argv(config, "--transport", "http", "--port", str(port), "--workers", str(sizes.workers))
+@dataclass
+class _Bursts:
+    """Case 5's measurements of one HTTP server: single calls and bursts, side by side per run."""
+
+    singles: list[float] = field(default_factory=list)
+    bursts: list[float] = field(default_factory=list)
+    cpu_single: list[float] = field(default_factory=list)
+    cpu_server: list[float] = field(default_factory=list)
+    cpu_crm: list[float] = field(default_factory=list)
+    busy: list[float] = field(default_factory=list)
+
+    @property
+    def ratios(self) -> list[float]:
+        return [burst / single for burst, single in zip(self.bursts, self.singles, strict=True)]
+
+    def cpu_text(self) -> str:
+        return (
+            f"server CPU per call: {statistics.median(self.cpu_single) * 1000:.0f} ms alone, "
+            f"{statistics.median(self.cpu_server) * 1000:.0f} ms in the burst "
+            f"(it ran {statistics.median(self.busy) * 100:.0f}% of the burst's wall time)"
+        )
+
+
+async def _measure_bursts(
+    ws: Workspace, sizes: Sizes, argv: list[str], port: int, one: Callable[[HttpPeer], Awaitable[float]]
+) -> _Bursts:
+    """Start an HTTP server (`argv`, listening on `port`), then time one call and `sizes.concurrency`
+    calls at once, `sizes.concurrency_runs` times, with the CRM's latency switched on meanwhile."""
+    log = (ws.scratch / f"http-{port}.log").open("ab")
     process = await anyio.to_thread.run_sync(
         lambda: subprocess.Popen(argv, env=ws.env, cwd=ws.scratch, stdout=log, stderr=log)
     )
     peer = HttpPeer(f"http://127.0.0.1:{port}/mcp", connections=sizes.concurrency * 2)
-    singles: list[float] = []
-    bursts: list[float] = []
-    ratios: list[float] = []
-    cpu_server: list[float] = []
-    cpu_crm: list[float] = []
-    busy: list[float] = []
-    cpu_single: list[float] = []
-
-    async def one(client: HttpPeer) -> float:
-        elapsed, result = await client.call(
-            "tools/call", {"name": "list_case_files", "arguments": {"case_id": ws.case_id, "limit": LISTED_FILES}}
-        )
-        if len(result["structuredContent"]["files"]) != LISTED_FILES:
-            raise RuntimeError(f"{ws.name}: list_case_files over HTTP did not list {LISTED_FILES} files")
-        return elapsed
-
+    found = _Bursts()
     try:
         await _wait_http(peer, process)
         if ws.simulator is not None:
@@ -549,17 +557,16 @@ async def case_concurrency(ws: Workspace, sizes: Sizes) -> list[Figure]:
         for _ in range(sizes.concurrency_runs):
             cpu_before = tree_cpu_seconds(process.pid)
             single = statistics.median([await one(peer) for _ in range(3)])
-            cpu_single.append((tree_cpu_seconds(process.pid) - cpu_before) / 3)
+            found.cpu_single.append((tree_cpu_seconds(process.pid) - cpu_before) / 3)
             cpu_before = tree_cpu_seconds(process.pid)
             crm_before = cpu_seconds(ws.simulator.pid) if ws.simulator is not None else 0.0
             burst = await _burst(peer.url, sizes.concurrency, one)
-            cpu_server.append((tree_cpu_seconds(process.pid) - cpu_before) / sizes.concurrency)
-            busy.append(cpu_server[-1] * sizes.concurrency / burst)
+            found.cpu_server.append((tree_cpu_seconds(process.pid) - cpu_before) / sizes.concurrency)
+            found.busy.append(found.cpu_server[-1] * sizes.concurrency / burst)
             if ws.simulator is not None:
-                cpu_crm.append((cpu_seconds(ws.simulator.pid) - crm_before) / sizes.concurrency)
-            singles.append(single)
-            bursts.append(burst)
-            ratios.append(burst / single)
+                found.cpu_crm.append((cpu_seconds(ws.simulator.pid) - crm_before) / sizes.concurrency)
+            found.singles.append(single)
+            found.bursts.append(burst)
     finally:
         if ws.simulator is not None:
             await anyio.to_thread.run_sync(ws.simulator.set_latency, 0.0)
@@ -567,6 +574,25 @@ async def case_concurrency(ws: Workspace, sizes: Sizes) -> list[Figure]:
         process.terminate()
         await anyio.to_thread.run_sync(process.wait)
         log.close()
+    return found
+
+
+async def case_concurrency(ws: Workspace, sizes: Sizes) -> list[Figure]:
+    connections = sizes.connections or sizes.concurrency
+    port = _free_port()
+    argv = server_argv(
+        _pool_config(ws, connections), "--transport", "http", "--port", str(port), "--workers", str(sizes.workers)
+    )
+
+    async def one(client: HttpPeer) -> float:
+        elapsed, result = await client.call(
+            "tools/call", {"name": "list_case_files", "arguments": {"case_id": ws.case_id, "limit": LISTED_FILES}}
+        )
+        if len(result["structuredContent"]["files"]) != LISTED_FILES:
+            raise RuntimeError(f"{ws.name}: list_case_files over HTTP did not list {LISTED_FILES} files")
+        return elapsed
+
+    ours = await _measure_bursts(ws, sizes, argv, port, one)
     latency = (
         f"{sizes.latency * 1000:.0f} ms per CRM request, max_connections = {connections}"
         if ws.simulator
@@ -574,22 +600,49 @@ async def case_concurrency(ws: Workspace, sizes: Sizes) -> list[Figure]:
     )
     if sizes.workers > 1:
         latency += f"; {sizes.workers} server processes"
-    return [
+    figures = [
         _ratio_figure(
             "5",
             ws,
             f"{sizes.concurrency} concurrent list_case_files over HTTP ÷ one call",
-            ratios,
+            ours.ratios,
             bound="max" if ws.simulator else None,
             limit=3.0,
-            detail=f"one call {_seconds(singles)}, {sizes.concurrency} at once {_seconds(bursts)}; {latency}; "
-            f"server CPU per call: {statistics.median(cpu_single) * 1000:.0f} ms alone, "
-            f"{statistics.median(cpu_server) * 1000:.0f} ms in the burst "
-            f"(it ran {statistics.median(busy) * 100:.0f}% of the burst's wall time)"
-            + (f"; simulated CRM CPU per call {statistics.median(cpu_crm) * 1000:.0f} ms" if cpu_crm else ""),
+            detail=f"one call {_seconds(ours.singles)}, {sizes.concurrency} at once {_seconds(ours.bursts)}; "
+            f"{latency}; {ours.cpu_text()}"
+            + (f"; simulated CRM CPU per call {statistics.median(ours.cpu_crm) * 1000:.0f} ms" if ours.cpu_crm else ""),
             note="" if ws.simulator else "the target assumes CRM latency to overlap; the local store has none",
         )
     ]
+    if ws.simulator is not None and sizes.workers == 1:
+        figures.append(await _minimal_bursts(ws, sizes))
+    return figures
+
+
+async def _minimal_bursts(ws: Workspace, sizes: Sizes) -> Figure:
+    """The SDK's floor for case 5: a minimal MCPServer over the same HTTP transport whose one tool
+    sends the listing's recorded requests (its httpx client: no connection limit to queue on)."""
+    spec = await _listing_spec(ws, await ws.recorded_listing())
+    port = _free_port()
+    argv = [sys.executable, str(MINIMAL_SERVER), str(spec), "--http", str(port)]
+
+    async def one(client: HttpPeer) -> float:
+        elapsed, result = await client.call("tools/call", {"name": "listing", "arguments": {}})
+        if result.get("isError"):
+            raise RuntimeError(f"{ws.name}: the minimal server's listing failed: {result}")
+        return elapsed
+
+    floor = await _measure_bursts(ws, sizes, argv, port, one)
+    return _ratio_figure(
+        "5",
+        ws,
+        f"minimal MCPServer over HTTP sending the same requests: {sizes.concurrency} at once ÷ one call "
+        "(the SDK's floor, for scale)",
+        floor.ratios,
+        bound=None,
+        detail=f"one call {_seconds(floor.singles)}, {sizes.concurrency} at once {_seconds(floor.bursts)}; "
+        f"{floor.cpu_text()}",
+    )
 
 
 async def _burst(url: str, count: int, one: Callable[[HttpPeer], Awaitable[float]]) -> float:

@@ -89,8 +89,25 @@ async def anyio_read(path: str) -> bytes:
     return await anyio.Path(path).read_bytes()
 
 
+def _serve_http(port: int) -> None:
+    """Streamable HTTP, stateless, as `crm-mcp serve --transport http` serves it (case 5's floor)."""
+    import uvicorn
+
+    app = server.streamable_http_app(stateless_http=True, host="127.0.0.1")
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
 if __name__ == "__main__":
-    if len(sys.argv) > 1:
-        given = json.loads(Path(sys.argv[1]).read_text())
+    arguments = sys.argv[1:]
+    http_port = None
+    if "--http" in arguments:  # --http PORT
+        at = arguments.index("--http")
+        http_port = int(arguments[at + 1])
+        del arguments[at : at + 2]
+    if arguments:
+        given = json.loads(Path(arguments[0]).read_text())
         (_add_listing if given["kind"] == "listing" else _add_payload)(given)
-    server.run()
+    if http_port is None:
+        server.run()
+    else:
+        _serve_http(http_port)
