@@ -17,7 +17,7 @@ import os
 import re
 import stat
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -47,7 +47,6 @@ __all__ = [
     "open_source",
     "resolve_readable",
     "resolve_writable",
-    "side_by_side",
 ]
 
 CHUNK_SIZE = 256 * 1024
@@ -551,27 +550,3 @@ async def _spooled(
             await file.write(chunk)
         await file.seek(0)
         yield _file_chunks(file), size
-
-
-async def side_by_side(first: Callable[[], Awaitable[None]], second: Callable[[], Awaitable[None]]) -> None:
-    """Run two coroutines side by side (a reader and a writer); if one fails, cancel the other and
-    raise that error itself, not an ExceptionGroup, so callers keep catching `TooLargeError` and the like."""
-    error: BaseException | None = None
-    try:
-        async with anyio.create_task_group() as group:
-            group.start_soon(first)
-            group.start_soon(second)
-    except BaseExceptionGroup as failed:
-        error = _first_error(failed)
-    if error is not None:
-        raise error
-
-
-def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The error that made a task group fail: the first that is not the cancellation it caused."""
-    for error in group.exceptions:
-        if isinstance(error, BaseExceptionGroup):
-            return _first_error(error)
-        if not isinstance(error, anyio.get_cancelled_exc_class()):
-            return error
-    return group.exceptions[0]

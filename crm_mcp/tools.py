@@ -30,6 +30,7 @@ from mcp.types import (
 )
 from pydantic import Field
 
+from crm_mcp._tasks import side_by_side
 from crm_mcp.app import CrmApp
 from crm_mcp.backends.base import FindType, RecordType
 from crm_mcp.content import is_image, is_text
@@ -59,7 +60,6 @@ from crm_mcp.sources import (
     make_source,
     open_source,
     resolve_writable,
-    side_by_side,
 )
 from crm_mcp.uris import parse_crm_uri
 

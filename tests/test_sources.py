@@ -10,8 +10,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import anyio
-import anyio.lowlevel
 import pytest
 
 from crm_mcp._memory import MMAP_THRESHOLD
@@ -27,7 +25,6 @@ from crm_mcp.sources import (
     open_source,
     resolve_readable,
     resolve_writable,
-    side_by_side,
 )
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
@@ -349,22 +346,3 @@ async def test_a_consumer_that_takes_the_hash_over_feeds_the_same_digest() -> No
     for chunk in rest:
         hasher.update(chunk)  # ...which feeds the digest's own hash
     assert digest.hexdigest() == hashlib.sha256(b"abcde").hexdigest()
-
-
-async def test_side_by_side_raises_the_failing_side_s_own_error_and_stops_the_other() -> None:
-    stopped = False
-
-    async def fails() -> None:
-        await anyio.lowlevel.checkpoint()
-        raise TooLargeError("too big")
-
-    async def waits() -> None:
-        nonlocal stopped
-        try:
-            await anyio.sleep(10)
-        finally:
-            stopped = True
-
-    with pytest.raises(TooLargeError, match="too big"):  # the error itself, not an ExceptionGroup
-        await side_by_side(waits, fails)
-    assert stopped

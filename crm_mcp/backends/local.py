@@ -24,7 +24,7 @@ import threading
 import time
 import unicodedata
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,6 +34,7 @@ from typing import Any, ClassVar, Literal, Protocol, TypeVar
 import anyio
 import anyio.to_thread
 
+from crm_mcp._tasks import side_by_side
 from crm_mcp.backends import _demo
 from crm_mcp.backends.base import (
     BackendContext,
@@ -818,7 +819,7 @@ class LocalBackend:
                     self._check_growth(upload, received)
                     await send.send(chunk)
 
-        await _pair(read, write)
+        await side_by_side(read, write)
 
     def _check_growth(self, upload: Upload, received: int) -> None:
         """Stop a stream as soon as it passes the transfer limit or the size it announced."""
@@ -879,29 +880,6 @@ def _take_hashing(chunks: AsyncIterator[bytes]) -> _Hasher:
     take = getattr(chunks, "take_hashing", None)
     hasher: _Hasher = take() if callable(take) else hashlib.sha256()
     return hasher
-
-
-async def _pair(first: Callable[[], Awaitable[None]], second: Callable[[], Awaitable[None]]) -> None:
-    """Run two coroutines side by side; if one fails, cancel the other and raise that error itself,
-    not an ExceptionGroup, so callers keep catching `TooLargeError`, `BackendError` and the like."""
-    error: BaseException | None = None
-    try:
-        async with anyio.create_task_group() as group:
-            group.start_soon(first)
-            group.start_soon(second)
-    except BaseExceptionGroup as failed:
-        error = _first_error(failed)
-    if error is not None:
-        raise error
-
-
-def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    for error in group.exceptions:
-        if isinstance(error, BaseExceptionGroup):
-            return _first_error(error)
-        if not isinstance(error, anyio.get_cancelled_exc_class()):
-            return error
-    return group.exceptions[0]
 
 
 async def _close_stream(chunks: AsyncIterator[bytes]) -> None:
