@@ -46,7 +46,12 @@ VALIDATORS: dict[str, tuple[Callable[[str, str], object], Callable[[str, object]
     # name: (validator, what an accepted value must look like)
     "guid": (require_guid, lambda raw, out: out == str(uuid.UUID(raw.strip()))),
     "opaque": (require_opaque_id, lambda raw, out: bool(re.fullmatch(r"[A-Za-z0-9._~-]{1,200}", str(out)))),
-    "espocrm": (require_espocrm_id, lambda raw, out: bool(re.fullmatch(r"[A-Za-z0-9-]{1,64}", str(out)))),
+    # EspoCRM: 17 letters and digits, or a UUID; `_` and `-` after the first character are let through
+    # (nothing path- or query-like), at most 36 characters.
+    "espocrm": (
+        require_espocrm_id,
+        lambda raw, out: bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,35}", str(out))) and out == raw.strip(),
+    ),
     "superoffice": (require_superoffice_id, lambda raw, out: isinstance(out, int) and 1 <= out <= 2**31 - 1),
 }
 
