@@ -119,7 +119,9 @@ def rigs(tmp_path_factory: pytest.TempPathFactory) -> Rigs:
 
 
 @asynccontextmanager
-async def world(target: Target, rigs: Rigs) -> AsyncIterator[World]:
+async def world(target: Target, rigs: Rigs, *, cold: bool = False) -> AsyncIterator[World]:
+    """A fresh simulator and connection, with the case, contact, files and photo looked up. `cold`: the
+    files are looked up over a second connection, so this one's backends have listed nothing yet."""
     sim = target.make()
     rig = rigs.get(target, sim)
     rig.faults.inner = httpx.ASGITransport(app=sim)
@@ -135,7 +137,12 @@ async def world(target: Target, rigs: Rigs) -> AsyncIterator[World]:
         found, message = await here.tool("find_records", record_type="contact", query="Alexander Wilson")
         assert found is not None, message
         here.contact_id = found["records"][0]["id"]
-        here.files = [file for file in await here.listing() if file["kind"] == "file"]
+        if cold:
+            async with Client(rig.server) as other:  # its own backends: nothing learned here
+                witness = World(target, sim, rig.faults, other, rig.root, case_id=here.case_id)
+                here.files = [file for file in await witness.listing() if file["kind"] == "file"]
+        else:
+            here.files = [file for file in await here.listing() if file["kind"] == "file"]
         here.photo = await here.current_photo() or b""
         (rig.root / "out").mkdir()
         (rig.root / "new.bin").write_bytes(UPLOAD)
@@ -276,6 +283,10 @@ OPERATIONS: dict[str, tuple[Operation, bool]] = {
 }
 """name → (operation, whether it writes to the CRM)."""
 
+COLD = frozenset({"list_case_files"})
+"""Operations run on a connection that has listed nothing yet: a backend that remembers what a listing
+learned (EspoCRM's attachment sizes) must meet the faults on the requests of a first listing."""
+
 
 def unclear(message: str, secrets: tuple[str, ...]) -> str | None:
     """Why an error message is not a clear tool error, or None."""
@@ -302,7 +313,7 @@ def applicable(kind: Kind, step: Any, target: Target) -> bool:
 async def run_case(target: Target, name: str, kind: Kind, rigs: Rigs) -> list[str]:
     operation, writes = OPERATIONS[name]
     # The clean run: which requests the operation makes, and how much the CRM grows.
-    async with world(target, rigs) as w:
+    async with world(target, rigs, cold=name in COLD) as w:
         before = target.inventory(w.sim)
         leftovers_before = target.leftovers(w.sim)
         w.faults.mark()
@@ -318,7 +329,7 @@ async def run_case(target: Target, name: str, kind: Kind, rigs: Rigs) -> list[st
         if not applicable(kind, step, target):
             continue
         label = f"{kind} at request {index} ({step.method} {step.path})"
-        async with world(target, rigs) as w:
+        async with world(target, rigs, cold=name in COLD) as w:
             before = target.inventory(w.sim)
             leftovers_before = target.leftovers(w.sim)
             w.faults.mark()
