@@ -10,6 +10,9 @@
 - `checked_upload`: an upload's chunks as a request body, stopped the moment they pass the transfer
   limit or the size the source announced, and failed at the end if the source came up short — so a
   cut or lying source fails the request instead of becoming a wrong file in the CRM.
+- `checked_download`, the same guarantee the other way round: a download's chunks, refused at the
+  chunk that passes the transfer limit or the size the CRM announced (the rest is never read), and
+  failed at the end if the body came up short — so a cut answer is an error, never a short file.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ __all__ = [
     "BASE64_PIECE",
     "Base64Decoder",
     "Base64Error",
+    "CheckedDownload",
     "base64_encoded",
     "base64_length",
+    "checked_download",
     "checked_upload",
 ]
 
@@ -166,17 +171,108 @@ def _ascii(text: str) -> bytes:
         raise Base64Error(f"not valid base64: it contains the non-ASCII character {exc.object[exc.start]!r}") from None
 
 
-async def checked_upload(upload: Upload, limit: int) -> AsyncIterator[bytes]:
-    """`upload`'s chunks, checked against `limit` (`limits.max_transfer_bytes`) and its announced size."""
+async def checked_upload(upload: Upload, limit: int, *, outcome: str = "") -> AsyncIterator[bytes]:
+    """`upload`'s chunks, checked against `limit` (`limits.max_transfer_bytes`) and its announced size.
+
+    `outcome` is appended to every error (e.g. "; nothing was stored") by callers whose request body
+    this is the whole of, so the failure can say what became of the upload; callers that clean up
+    after a failed body say it in their own message and leave it empty."""
     sent = 0
     async for chunk in upload.chunks:
         sent += len(chunk)
+        if sent > upload.size:  # first: a lying source, not the limit, is what went wrong here
+            raise BackendError(
+                f"the source of {upload.name!r} sent more than the {upload.size:,} bytes it announced{outcome}"
+            )
         if sent > limit:
             raise TooLargeError(
-                f"{upload.name!r} grew past this server's transfer limit of {limit:,} bytes (limits.max_transfer_bytes)"
+                f"{upload.name!r} grew past this server's transfer limit of {limit:,} bytes "
+                f"(limits.max_transfer_bytes){outcome}"
             )
-        if sent > upload.size:
-            raise BackendError(f"the source of {upload.name!r} sent more than the {upload.size:,} bytes it announced")
         yield chunk
     if sent != upload.size:
-        raise BackendError(f"the source of {upload.name!r} ended after {sent:,} of {upload.size:,} bytes (truncated)")
+        raise BackendError(
+            f"the source of {upload.name!r} ended after {sent:,} of {upload.size:,} bytes (truncated){outcome}"
+        )
+
+
+class CheckedDownload:
+    """A download's chunks, counted against the transfer limit and the announced size as they pass.
+
+    Why a class and not a generator: the vendor wraps the iteration to turn its HTTP library's errors
+    into its own words, and those say how far the body got; `received` gives that count without a
+    second counter in each backend. The count is checked at every chunk, so a body that passes
+    `limit` or `size` is refused at that chunk and nothing after it is read.
+    """
+
+    def __init__(
+        self,
+        chunks: AsyncIterator[bytes],
+        *,
+        name: str,
+        size: int | None,
+        limit: int,
+        source: str,
+        size_from: str,
+        hint: str,
+    ) -> None:
+        self._chunks = chunks
+        self._name = name
+        self._size = size
+        self._limit = limit
+        self._source = source
+        self._size_from = size_from
+        self._hint = hint
+        self.received = 0
+        """Bytes handed out so far (the chunk that failed a check included)."""
+
+    def __aiter__(self) -> CheckedDownload:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            chunk = await self._chunks.__anext__()
+        except StopAsyncIteration:
+            if self._size is not None and self.received < self._size:
+                raise self._wrong_length(f"only {self.received:,} of", "the file is incomplete") from None
+            raise
+        self.received += len(chunk)
+        if self._size is not None and self.received > self._size:  # first: the answer, not the file, is wrong
+            raise self._wrong_length("more than", "the file is not what was announced")
+        if self.received > self._limit:
+            raise TooLargeError(
+                f"{self._name!r} grew past this server's transfer limit of {self._limit:,} bytes "
+                "(limits.max_transfer_bytes)"
+            )
+        return chunk
+
+    def _wrong_length(self, amount: str, what: str) -> BackendError:
+        return BackendError(
+            f"{self._source} sent {amount} the {self._size:,} bytes of {self._name!r} {self._size_from}: "
+            f"{what}; {self._hint}"
+        )
+
+    async def aclose(self) -> None:
+        """Close the chunks underneath (a generator left open would keep its response until collected)."""
+        close = getattr(self._chunks, "aclose", None)
+        if close is not None:
+            await close()
+
+
+def checked_download(
+    chunks: AsyncIterator[bytes],
+    *,
+    name: str,
+    size: int | None,
+    limit: int,
+    source: str = "the CRM",
+    size_from: str = "it announced",
+    hint: str = "try again",
+) -> CheckedDownload:
+    """`chunks` (a file's bytes from `source`), checked against `limit` (`limits.max_transfer_bytes`)
+    and against `size` when one was announced (None: unknown, only the limit applies).
+
+    `source` names the CRM in messages, `size_from` says where `size` came from (a Content-Length,
+    a record's size field) and `hint` what to do about a body of the wrong length: a cut connection
+    is worth retrying, a size field that disagrees with the stored bytes is not."""
+    return CheckedDownload(chunks, name=name, size=size, limit=limit, source=source, size_from=size_from, hint=hint)

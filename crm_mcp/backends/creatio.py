@@ -41,7 +41,7 @@ import anyio
 import httpx
 from pydantic import SecretStr, field_validator, model_validator
 
-from crm_mcp.backends._streams import checked_upload
+from crm_mcp.backends._streams import checked_download, checked_upload
 from crm_mcp.backends.base import (
     BackendContext,
     BackendSettings,
@@ -691,26 +691,23 @@ class CreatioBackend:
             await response.aclose()
 
     async def _chunks(self, response: httpx.Response, name: str, expected: int | None) -> AsyncIterator[bytes]:
-        received = 0
-        limit = self.context.max_transfer_bytes
+        """The answer's bytes, checked against the limit and its Content-Length (`checked_download`)."""
+        body = checked_download(
+            response.aiter_bytes(),
+            name=name,
+            size=expected,
+            limit=self.context.max_transfer_bytes,
+            source="Creatio",
+            size_from="its Content-Length announced",
+        )
         try:
-            async for chunk in response.aiter_bytes():
-                received += len(chunk)
-                if received > limit:
-                    raise TooLargeError(
-                        f"{name!r} is larger than this server's transfer limit of {limit:,} bytes "
-                        "(limits.max_transfer_bytes)"
-                    )
+            async for chunk in body:
                 yield chunk
         except (httpx.TransportError, OSError) as exc:
             raise BackendError(
-                f"the connection to Creatio broke after {received:,} bytes of {name!r} ({type(exc).__name__}); "
+                f"the connection to Creatio broke after {body.received:,} bytes of {name!r} ({type(exc).__name__}); "
                 "nothing complete was received, try again"
             ) from None
-        if expected is not None and received != expected:
-            raise BackendError(
-                f"Creatio sent {received:,} of the {expected:,} bytes of {name!r} (the connection was cut); try again"
-            )
 
     # --------------------------------------------------------------------------------- photos
 

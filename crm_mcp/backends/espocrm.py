@@ -49,7 +49,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Sequence
-from contextlib import asynccontextmanager, suppress
+from contextlib import aclosing, asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
@@ -60,7 +60,13 @@ import anyio
 import httpx
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from crm_mcp.backends._streams import BASE64_PIECE, base64_encoded, base64_length
+from crm_mcp.backends._streams import (
+    BASE64_PIECE,
+    base64_encoded,
+    base64_length,
+    checked_download,
+    checked_upload,
+)
 from crm_mcp.backends.base import (
     BackendContext,
     BackendSettings,
@@ -104,6 +110,9 @@ _FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,99}$")
 _MAX_NAME = 255
 _MAX_TYPE = 100
 """Attachment's `name` and `type` are varchar(255) and varchar(100); longer is a 400 validationFailure."""
+_NOTHING_STORED = "; nothing was stored"
+"""Said of an upload whose source failed `checked_upload`: the single POST never completed its body,
+and a chunked upload's attachment is deleted again before the error reaches the caller."""
 _STREAM_RECHECK_SECONDS = 900.0
 """How long a server that lacked `streamAttachments` is believed to lack it (it may be upgraded)."""
 _monotonic = time.monotonic
@@ -783,32 +792,35 @@ class EspoCrmBackend:
                     f"file {attachment_id} is {size:,} bytes, over this server's transfer limit of "
                     f"{self.context.max_transfer_bytes:,} bytes (limits.max_transfer_bytes)"
                 )
+            name = meta.get("name") or attachment_id
             yield Download(
-                name=meta.get("name") or attachment_id,
+                name=name,
                 mime_type=mime or "application/octet-stream",
                 size=size if isinstance(size, int) else None,
-                chunks=self._body(response, what, int(length) if length and length.isdigit() else None),
+                chunks=self._body(response, what, name, int(length) if length and length.isdigit() else None),
             )
         finally:
             await response.aclose()
 
-    async def _body(self, response: httpx.Response, what: str, expected: int | None) -> AsyncIterator[bytes]:
-        """The response's bytes; a connection that breaks or ends early is an error, never a short file."""
-        received = 0
+    async def _body(self, response: httpx.Response, what: str, name: str, expected: int | None) -> AsyncIterator[bytes]:
+        """The response's bytes, checked against the limit and its Content-Length (`checked_download`);
+        a connection that breaks or ends early is an error, never a short file."""
+        body = checked_download(
+            response.aiter_bytes(),
+            name=name,
+            size=expected,
+            limit=self.context.max_transfer_bytes,
+            source=f"EspoCRM backend '{self.name}'",
+            size_from="its Content-Length announced",
+        )
         try:
-            async for chunk in response.aiter_bytes():
-                received += len(chunk)
+            async for chunk in body:
                 yield chunk
         except httpx.HTTPError as exc:
             raise BackendError(
-                f"EspoCRM backend '{self.name}' broke off while trying to {what} after {received:,} bytes "
+                f"EspoCRM backend '{self.name}' broke off while trying to {what} after {body.received:,} bytes "
                 f"({type(exc).__name__}); try again"
             ) from None
-        if expected is not None and received != expected:
-            raise BackendError(
-                f"EspoCRM backend '{self.name}' sent {received:,} of {expected:,} bytes while trying to {what}; "
-                "try again"
-            )
 
     # --------------------------------------------------------------------------------- photos
 
@@ -967,7 +979,7 @@ class EspoCrmBackend:
                 "POST",
                 "Attachment",
                 f"upload {upload.name!r}",
-                content=_data_url_body(head, upload, tail),
+                content=_data_url_body(head, upload, tail, self.context.max_transfer_bytes),
                 headers={"Content-Type": "application/json", "Content-Length": str(length)},
             )
         finally:
@@ -1003,7 +1015,6 @@ class EspoCrmBackend:
         attachment_id = attachment["id"]
         prefix = f"data:{upload.mime_type};base64,".encode()
         piece = bytearray()
-        sent = 0
         number = 0
 
         async def flush(data: bytes) -> None:
@@ -1022,15 +1033,14 @@ class EspoCrmBackend:
                 body.release()
 
         try:
-            async for chunk in upload.chunks:
-                sent += len(chunk)
-                _check_growth(upload, sent)
-                piece += chunk
-                size = self.settings.chunk_size_bytes
-                while len(piece) >= size:
-                    await flush(bytes(piece[:size]))
-                    del piece[:size]
-            _check_complete(upload, sent)
+            chunks = checked_upload(upload, self.context.max_transfer_bytes, outcome=_NOTHING_STORED)
+            async with aclosing(chunks):
+                async for chunk in chunks:
+                    piece += chunk
+                    size = self.settings.chunk_size_bytes
+                    while len(piece) >= size:
+                        await flush(bytes(piece[:size]))
+                        del piece[:size]
             if piece or number == 0:
                 await flush(bytes(piece))
         except BaseException:
@@ -1264,21 +1274,6 @@ def _body_detail(response: httpx.Response) -> str:
     return str(message)[:300] if message else ""
 
 
-def _check_growth(upload: Upload, sent: int) -> None:
-    if sent > upload.size:
-        raise BackendError(
-            f"the source of {upload.name!r} sent more than the {upload.size:,} bytes it announced; nothing was stored"
-        )
-
-
-def _check_complete(upload: Upload, sent: int) -> None:
-    if sent != upload.size:
-        raise BackendError(
-            f"the source of {upload.name!r} ended after {sent:,} of {upload.size:,} bytes (truncated); "
-            "nothing was stored"
-        )
-
-
 class _ChunkBody(httpx.ByteStream):
     """One chunk's body for `POST Attachment/chunk/{id}`: the data-URL prefix, then the chunk's base64,
     encoded piece by piece as it is sent.
@@ -1320,20 +1315,12 @@ class _ChunkBody(httpx.ByteStream):
         self._released = True
 
 
-async def _data_url_body(head: bytes, upload: Upload, tail: bytes) -> AsyncIterator[bytes]:
+async def _data_url_body(head: bytes, upload: Upload, tail: bytes, limit: int) -> AsyncIterator[bytes]:
     """The JSON body of `POST Attachment`, base64-encoding the file on the fly: whole 3-byte groups
-    per chunk, the remainder carried over, so the text is exactly the file's base64."""
-    sent = 0
-
-    async def counted() -> AsyncIterator[bytes]:
-        nonlocal sent
-        async for chunk in upload.chunks:
-            sent += len(chunk)
-            _check_growth(upload, sent)
-            yield chunk
-
+    per chunk, the remainder carried over, so the text is exactly the file's base64. The chunks are
+    `checked_upload`'s: a source that passes its announced size (or the limit) or ends short fails
+    the request before its body is complete, so EspoCRM stores nothing."""
     yield head
-    async for piece in base64_encoded(counted()):
+    async for piece in base64_encoded(checked_upload(upload, limit, outcome=_NOTHING_STORED)):
         yield piece
-    _check_complete(upload, sent)
     yield tail

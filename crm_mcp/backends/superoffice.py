@@ -44,7 +44,7 @@ from pydantic import SecretStr, field_validator, model_validator
 
 from crm_mcp.backends import _soap
 from crm_mcp.backends._soap import Ints, Stream, Strings, child, children, integer, text
-from crm_mcp.backends._streams import checked_upload
+from crm_mcp.backends._streams import checked_download, checked_upload
 from crm_mcp.backends.base import (
     BackendContext,
     BackendSettings,
@@ -631,20 +631,16 @@ class SuperOfficeBackend:
                 "(limits.max_transfer_bytes)"
             )
 
-    async def _counted_download(
-        self, chunks: AsyncIterator[bytes], name: str, expected: int | None
-    ) -> AsyncIterator[bytes]:
-        limit = self.context.max_transfer_bytes
-        received = 0
-        async for chunk in chunks:
-            received += len(chunk)
-            if received > limit:
-                raise TooLargeError(
-                    f"{name!r} is over this server's transfer limit of {limit:,} bytes (limits.max_transfer_bytes)"
-                )
-            yield chunk
-        if expected is not None and received != expected:
-            raise BackendError(f"SuperOffice sent {received:,} of the {expected:,} bytes of {name!r}; try again")
+    def _counted_download(self, chunks: AsyncIterator[bytes], name: str, expected: int | None) -> AsyncIterator[bytes]:
+        """The decoded bytes, checked against the limit and the attachment's recorded size (`checked_download`)."""
+        return checked_download(
+            chunks,
+            name=name,
+            size=expected,
+            limit=self.context.max_transfer_bytes,
+            source="SuperOffice",
+            size_from="its attachment record announced",
+        )
 
     # -------------------------------------------------------------------------------- uploads
 

@@ -44,7 +44,14 @@ import anyio
 import httpx
 from pydantic import SecretStr, field_validator
 
-from crm_mcp.backends._streams import Base64Decoder, Base64Error, base64_encoded, base64_length
+from crm_mcp.backends._streams import (
+    Base64Decoder,
+    Base64Error,
+    base64_encoded,
+    base64_length,
+    checked_download,
+    checked_upload,
+)
 from crm_mcp.backends.base import (
     BackendContext,
     BackendSettings,
@@ -698,26 +705,31 @@ class WelloBackend:
             raise self._network_error(exc, doing) from exc
         try:
             await self._raise_for(response, doing, f"file {file_id} was not found on backend '{self.name}'")
-            expected = size
-            chunks = self._decode(response, name, expected)
+            # The size is the record's file_size, not this answer's length: a body that disagrees is
+            # a record that does not match its stored bytes, which a retry will not mend.
+            chunks = checked_download(
+                self._decode(response, name),
+                name=name,
+                size=size,
+                limit=limit,
+                source=self._where(),
+                size_from="its file_size says",
+                hint="the db_file record does not match its stored bytes; check the file in Wello",
+            )
             try:
-                yield Download(name=name, mime_type=_mime(row), size=expected, chunks=chunks)
+                yield Download(name=name, mime_type=_mime(row), size=size, chunks=chunks)
             finally:
                 await chunks.aclose()
         finally:
             await response.aclose()
 
-    async def _decode(self, response: httpx.Response, name: str, expected: int | None) -> AsyncIterator[bytes]:
+    async def _decode(self, response: httpx.Response, name: str) -> AsyncIterator[bytes]:
+        """The decoded `file_content` of the streamed answer; an answer that is cut off (its JSON
+        unfinished) is an error. Sizes and the limit are `checked_download`'s, around this."""
         scanner = ContentScanner()
-        limit = self.context.max_transfer_bytes
         try:
             async for piece in response.aiter_bytes():
                 out = scanner.feed(piece)
-                if scanner.decoded > limit:
-                    raise TooLargeError(
-                        f"{name!r} grew past this server's transfer limit of {limit:,} bytes "
-                        "(limits.max_transfer_bytes)"
-                    )
                 if out:
                     yield out
                 if scanner.done:
@@ -729,10 +741,6 @@ class WelloBackend:
         if not scanner.done:
             raise BackendError(
                 f"{self._where()} sent an incomplete answer for {name!r} (after {scanner.decoded:,} bytes); try again"
-            )
-        if expected is not None and scanner.decoded != expected:
-            raise BackendError(
-                f"{self._where()} sent {scanner.decoded:,} bytes for {name!r}, but its file_size says {expected:,}"
             )
 
     # --------------------------------------------------------------------------------- photos
@@ -818,7 +826,7 @@ class WelloBackend:
         prefix = (json.dumps(fields, ensure_ascii=False)[:-1] + ', "file_content": "').encode("utf-8")
         suffix = b'"}'
         length = len(prefix) + base64_length(upload.size) + len(suffix)
-        body = _JsonBody(prefix, suffix, upload)
+        body = _JsonBody(prefix, suffix, upload, self.context.max_transfer_bytes)
         doing = f"upload {name!r} to {table.label} {record_id}"
         request = self.client.build_request(
             "POST",
@@ -957,38 +965,24 @@ class WelloBackend:
 class _JsonBody:
     """The streamed POST body: JSON fields, the upload's bytes as base64 (3-byte aligned), the closing."""
 
-    def __init__(self, prefix: bytes, suffix: bytes, upload: Upload) -> None:
+    def __init__(self, prefix: bytes, suffix: bytes, upload: Upload, limit: int) -> None:
         self._prefix = prefix
         self._suffix = suffix
         self._upload = upload
+        self._limit = limit
         self.complete = False
         """True once every byte of the body was handed to the transport."""
 
     async def stream(self) -> AsyncIterator[bytes]:
         upload = self._upload
-        sent = 0
-
-        async def counted() -> AsyncIterator[bytes]:
-            nonlocal sent
-            async for chunk in upload.chunks:
-                sent += len(chunk)
-                if sent > upload.size:
-                    raise BackendError(
-                        f"the source of {upload.name!r} sent more than the {upload.size:,} bytes it announced; "
-                        "nothing was stored"
-                    )
-                yield chunk
-
         yield self._prefix
         try:
-            async for piece in base64_encoded(counted(), ENCODE_CHUNK):
+            # A source that passes its announced size (or the limit) or ends short fails the request
+            # before the closing quote is sent, so Wello stores nothing.
+            chunks = checked_upload(upload, self._limit, outcome="; nothing was stored")
+            async for piece in base64_encoded(chunks, ENCODE_CHUNK):
                 yield piece
         finally:
             await _close_stream(upload.chunks)
-        if sent != upload.size:
-            raise BackendError(
-                f"the source of {upload.name!r} ended after {sent:,} of {upload.size:,} bytes (truncated); "
-                "nothing was stored"
-            )
         yield self._suffix
         self.complete = True

@@ -1,4 +1,5 @@
-"""The shared stream helpers: the streaming base64 encoder and decoder, and the checked upload body."""
+"""The shared stream helpers: the streaming base64 encoder and decoder, the checked upload body and
+the checked download."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from crm_mcp.backends._streams import (
     Base64Error,
     base64_encoded,
     base64_length,
+    checked_download,
     checked_upload,
 )
 from crm_mcp.backends.base import Upload
@@ -95,6 +97,111 @@ async def test_checked_upload_stops_a_source_that_does_not(
     with pytest.raises(error, match=words):
         async for _ in checked_upload(upload, limit=limit):
             pass
+
+
+async def test_checked_upload_prefers_the_lie_to_the_limit_when_one_chunk_passes_both() -> None:
+    upload = Upload("a.bin", "application/octet-stream", 4, _pieces(b"abc", b"def"))
+    with pytest.raises(BackendError, match=r"more than the 4 bytes it announced; nothing was stored$"):
+        async for _ in checked_upload(upload, limit=5, outcome="; nothing was stored"):
+            pass
+
+
+@pytest.mark.parametrize(
+    ("size", "words"),
+    [(4, r"more than the 4 bytes it announced; x$"), (9, r"ended after 6 of 9 bytes \(truncated\); x$")],
+)
+async def test_checked_upload_appends_the_callers_outcome(size: int, words: str) -> None:
+    upload = Upload("a.bin", "application/octet-stream", size, _pieces(b"abc", b"def"))
+    with pytest.raises(BackendError, match=words):
+        async for _ in checked_upload(upload, limit=100, outcome="; x"):
+            pass
+
+
+# ---------------------------------------------------------------------------- checked download
+
+
+class _Source:
+    """Chunks that record how many were read, so a test can tell the rest was never asked for."""
+
+    def __init__(self, *chunks: bytes) -> None:
+        self.chunks = list(chunks)
+        self.read = 0
+        self.closed = False
+
+    def __aiter__(self) -> _Source:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self.read == len(self.chunks):
+            raise StopAsyncIteration
+        self.read += 1
+        return self.chunks[self.read - 1]
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+async def _drain(chunks: AsyncIterator[bytes], into: list[bytes]) -> None:
+    async for chunk in chunks:
+        into.append(chunk)
+
+
+@pytest.mark.parametrize("size", [6, None])
+async def test_checked_download_passes_a_body_of_the_announced_or_an_unknown_size(size: int | None) -> None:
+    body = checked_download(_Source(b"abc", b"def"), name="a.bin", size=size, limit=6)
+    assert [chunk async for chunk in body] == [b"abc", b"def"]
+    assert body.received == 6
+
+
+@pytest.mark.parametrize("size", [100, None])
+async def test_checked_download_refuses_the_chunk_that_passes_the_limit_and_reads_no_further(
+    size: int | None,
+) -> None:
+    source = _Source(b"abc", b"def", b"ghi", b"jkl")
+    handed_out: list[bytes] = []
+    with pytest.raises(TooLargeError, match=r"'a\.bin' grew past this server's transfer limit of 5 bytes"):
+        await _drain(checked_download(source, name="a.bin", size=size, limit=5), handed_out)
+    assert handed_out == [b"abc"]
+    assert source.read == 2
+
+
+async def test_checked_download_refuses_a_short_body_at_its_end() -> None:
+    handed_out: list[bytes] = []
+    with pytest.raises(BackendError, match=r"Acme sent only 6 of the 9 bytes of 'a\.bin' it announced: .*; try again$"):
+        await _drain(
+            checked_download(_Source(b"abc", b"def"), name="a.bin", size=9, limit=100, source="Acme"), handed_out
+        )
+    assert handed_out == [b"abc", b"def"]
+
+
+async def test_checked_download_refuses_a_long_body_at_the_chunk_that_passes_the_size() -> None:
+    source = _Source(b"abc", b"def", b"ghi")
+    handed_out: list[bytes] = []
+    with pytest.raises(BackendError, match=r"sent more than the 4 bytes of 'a\.bin' its Content-Length announced"):
+        await _drain(
+            checked_download(source, name="a.bin", size=4, limit=100, size_from="its Content-Length announced"),
+            handed_out,
+        )
+    assert handed_out == [b"abc"]
+    assert source.read == 2
+
+
+async def test_checked_download_puts_the_callers_hint_in_a_wrong_length_error() -> None:
+    body = checked_download(_Source(b"abc"), name="a.bin", size=4, limit=100, hint="check the record")
+    with pytest.raises(BackendError, match=r"; check the record$"):
+        await _drain(body, [])
+
+
+async def test_checked_download_counts_what_it_handed_out() -> None:
+    body = checked_download(_Source(b"abc", b"de"), name="a.bin", size=None, limit=100)
+    assert await body.__anext__() == b"abc"
+    assert body.received == 3
+
+
+async def test_checked_download_closes_its_source() -> None:
+    source = _Source(b"abc")
+    await checked_download(source, name="a.bin", size=None, limit=100).aclose()
+    assert source.closed
 
 
 # ------------------------------------------------------------------------------------- decoder
