@@ -690,24 +690,25 @@ class CreatioBackend:
         finally:
             await response.aclose()
 
-    async def _chunks(self, response: httpx.Response, name: str, expected: int | None) -> AsyncIterator[bytes]:
+    def _chunks(self, response: httpx.Response, name: str, expected: int | None) -> AsyncIterator[bytes]:
         """The answer's bytes, checked against the limit and its Content-Length (`checked_download`)."""
-        body = checked_download(
+
+        def broken(exc: BaseException, received: int) -> BackendError:
+            return BackendError(
+                f"the connection to Creatio broke after {received:,} bytes of {name!r} ({type(exc).__name__}); "
+                "nothing complete was received, try again"
+            )
+
+        return checked_download(
             response.aiter_bytes(),
             name=name,
             size=expected,
             limit=self.context.max_transfer_bytes,
             source="Creatio",
             size_from="its Content-Length announced",
+            broken_on=(httpx.TransportError, OSError),
+            broken=broken,
         )
-        try:
-            async for chunk in body:
-                yield chunk
-        except (httpx.TransportError, OSError) as exc:
-            raise BackendError(
-                f"the connection to Creatio broke after {body.received:,} bytes of {name!r} ({type(exc).__name__}); "
-                "nothing complete was received, try again"
-            ) from None
 
     # --------------------------------------------------------------------------------- photos
 

@@ -802,25 +802,26 @@ class EspoCrmBackend:
         finally:
             await response.aclose()
 
-    async def _body(self, response: httpx.Response, what: str, name: str, expected: int | None) -> AsyncIterator[bytes]:
+    def _body(self, response: httpx.Response, what: str, name: str, expected: int | None) -> AsyncIterator[bytes]:
         """The response's bytes, checked against the limit and its Content-Length (`checked_download`);
         a connection that breaks or ends early is an error, never a short file."""
-        body = checked_download(
+
+        def broken(exc: BaseException, received: int) -> BackendError:
+            return BackendError(
+                f"EspoCRM backend '{self.name}' broke off while trying to {what} after {received:,} bytes "
+                f"({type(exc).__name__}); try again"
+            )
+
+        return checked_download(
             response.aiter_bytes(),
             name=name,
             size=expected,
             limit=self.context.max_transfer_bytes,
             source=f"EspoCRM backend '{self.name}'",
             size_from="its Content-Length announced",
+            broken_on=(httpx.HTTPError,),
+            broken=broken,
         )
-        try:
-            async for chunk in body:
-                yield chunk
-        except httpx.HTTPError as exc:
-            raise BackendError(
-                f"EspoCRM backend '{self.name}' broke off while trying to {what} after {body.received:,} bytes "
-                f"({type(exc).__name__}); try again"
-            ) from None
 
     # --------------------------------------------------------------------------------- photos
 

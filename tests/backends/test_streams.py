@@ -150,7 +150,6 @@ async def _drain(chunks: AsyncIterator[bytes], into: list[bytes]) -> None:
 async def test_checked_download_passes_a_body_of_the_announced_or_an_unknown_size(size: int | None) -> None:
     body = checked_download(_Source(b"abc", b"def"), name="a.bin", size=size, limit=6)
     assert [chunk async for chunk in body] == [b"abc", b"def"]
-    assert body.received == 6
 
 
 @pytest.mark.parametrize("size", [100, None])
@@ -163,27 +162,32 @@ async def test_checked_download_refuses_the_chunk_that_passes_the_limit_and_read
         await _drain(checked_download(source, name="a.bin", size=size, limit=5), handed_out)
     assert handed_out == [b"abc"]
     assert source.read == 2
+    assert source.closed
 
 
 async def test_checked_download_refuses_a_short_body_at_its_end() -> None:
     handed_out: list[bytes] = []
-    with pytest.raises(BackendError, match=r"Acme sent only 6 of the 9 bytes of 'a\.bin' it announced: .*; try again$"):
-        await _drain(
-            checked_download(_Source(b"abc", b"def"), name="a.bin", size=9, limit=100, source="Acme"), handed_out
-        )
+    body = checked_download(_Source(b"abc", b"def"), name="a.bin", size=9, limit=100, source="Acme")
+    with pytest.raises(
+        BackendError, match=r"^Acme sent only 6 of the 9 bytes of 'a\.bin' it announced: .*; try again$"
+    ):
+        await _drain(body, handed_out)
     assert handed_out == [b"abc", b"def"]
 
 
 async def test_checked_download_refuses_a_long_body_at_the_chunk_that_passes_the_size() -> None:
     source = _Source(b"abc", b"def", b"ghi")
     handed_out: list[bytes] = []
+    body = checked_download(source, name="a.bin", size=4, limit=100, size_from="its Content-Length announced")
     with pytest.raises(BackendError, match=r"sent more than the 4 bytes of 'a\.bin' its Content-Length announced"):
-        await _drain(
-            checked_download(source, name="a.bin", size=4, limit=100, size_from="its Content-Length announced"),
-            handed_out,
-        )
+        await _drain(body, handed_out)
     assert handed_out == [b"abc"]
     assert source.read == 2
+
+
+async def test_checked_download_reports_a_long_body_before_the_limit_when_one_chunk_passes_both() -> None:
+    with pytest.raises(BackendError, match="more than the 4 bytes"):
+        await _drain(checked_download(_Source(b"abc", b"def"), name="a.bin", size=4, limit=5), [])
 
 
 async def test_checked_download_puts_the_callers_hint_in_a_wrong_length_error() -> None:
@@ -192,15 +196,37 @@ async def test_checked_download_puts_the_callers_hint_in_a_wrong_length_error() 
         await _drain(body, [])
 
 
-async def test_checked_download_counts_what_it_handed_out() -> None:
-    body = checked_download(_Source(b"abc", b"de"), name="a.bin", size=None, limit=100)
+class _Cut(Exception):
+    """Stands for the HTTP library's error when a connection breaks."""
+
+
+async def _cut_after(*chunks: bytes) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+    raise _Cut("reset")
+
+
+async def test_checked_download_words_a_broken_source_with_how_far_it_got() -> None:
+    def broken(exc: BaseException, received: int) -> BackendError:
+        return BackendError(f"broke after {received} bytes ({type(exc).__name__})")
+
+    body = checked_download(
+        _cut_after(b"abc", b"de"), name="a.bin", size=9, limit=100, broken_on=(_Cut,), broken=broken
+    )
+    with pytest.raises(BackendError, match=r"^broke after 5 bytes \(_Cut\)$"):
+        await _drain(body, [])
+
+
+async def test_checked_download_leaves_errors_it_was_not_told_about_alone() -> None:
+    with pytest.raises(_Cut):
+        await _drain(checked_download(_cut_after(b"abc"), name="a.bin", size=None, limit=100), [])
+
+
+async def test_checked_download_closes_its_source_when_closed() -> None:
+    source = _Source(b"abc", b"def")
+    body = checked_download(source, name="a.bin", size=None, limit=100)
     assert await body.__anext__() == b"abc"
-    assert body.received == 3
-
-
-async def test_checked_download_closes_its_source() -> None:
-    source = _Source(b"abc")
-    await checked_download(source, name="a.bin", size=None, limit=100).aclose()
+    await body.aclose()
     assert source.closed
 
 
