@@ -82,6 +82,7 @@ from crm_mcp.backends.base import (
     Upload,
     decode_cursor,
     encode_cursor,
+    shown_id,
 )
 from crm_mcp.content import sniff
 from crm_mcp.errors import (
@@ -215,7 +216,7 @@ def _require_id(value: str, what: str) -> str:
     """An EspoCRM id, checked before anything is sent (no path tricks, no query strings)."""
     if not isinstance(value, str) or not _ID.match(value.strip()):
         raise InvalidInputError(
-            f"{what} {value!r} is not a valid id: EspoCRM ids look like '6745a1c2b3d4e5f60' (17 letters and "
+            f"{what} {shown_id(value)} is not a valid id: EspoCRM ids look like '6745a1c2b3d4e5f60' (17 letters and "
             "digits; UUIDs on some instances). Use find_records to look the id up."
         )
     return value.strip()

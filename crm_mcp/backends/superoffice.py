@@ -60,6 +60,7 @@ from crm_mcp.backends.base import (
     Upload,
     decode_cursor,
     encode_cursor,
+    shown_id,
 )
 from crm_mcp.content import OCTET_STREAM, from_name, sniff
 from crm_mcp.errors import (
@@ -160,7 +161,7 @@ def _require_int(value: str, what: str) -> int:
     raw = value.strip() if isinstance(value, str) else ""
     if not raw.isascii() or not raw.isdigit() or len(raw) > 10 or int(raw) < 1 or int(raw) > 2**31 - 1:
         raise InvalidInputError(
-            f"{what} {value!r} is not a valid id: SuperOffice ids are positive whole numbers such as '42'. "
+            f"{what} {shown_id(value)} is not a valid id: SuperOffice ids are positive whole numbers such as '42'. "
             "Use find_records to look the id up."
         )
     return int(raw)

@@ -27,9 +27,8 @@ from tests.properties.strategies import NASTY, texts
 from tests.properties.test_tool_arguments import assert_clear
 
 MAX_ID_MESSAGE = 400
-SHORTENS_LONG_IDS = {"guid", "opaque"}
-"""Validators that cut a huge refused id short in their message (base.shown_id); EspoCRM's and
-SuperOffice's own validators still quote the whole value."""
+SHORTENS_LONG_IDS = {"guid", "opaque", "espocrm", "superoffice"}
+"""Validators that cut a huge refused id short in their message (base.shown_id): all of them."""
 
 id_texts = st.one_of(
     texts,
