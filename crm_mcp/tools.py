@@ -13,6 +13,7 @@ import hashlib
 import inspect
 import os
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -30,7 +31,7 @@ from mcp.types import (
 )
 from pydantic import Field
 
-from crm_mcp._tasks import side_by_side
+from crm_mcp._tasks import write_behind
 from crm_mcp.app import CrmApp
 from crm_mcp.backends.base import FindType, RecordType
 from crm_mcp.content import is_image, is_text
@@ -514,41 +515,37 @@ async def _write_atomically(
 
 
 async def _write_behind(chunks: Any, sink: _HashedFile, limit: int, expected: int | None, progress: Progress) -> int:
-    """Gather chunks into `WRITE_PIECE` pieces and write (and hash) piece N in a worker thread while
-    the next chunks arrive: the CRM's read and the disk overlap; an unbuffered hand-over keeps at
-    most two pieces in flight. Returns the byte count; the chunk that passes `limit` is never written."""
-    send, receive = anyio.create_memory_object_stream[bytes](0)
+    """Gather chunks into `WRITE_PIECE` pieces and write (and hash) each in a worker thread while the
+    next chunks arrive (`_tasks.write_behind`). Returns the byte count; the chunk that passes `limit`
+    is never written."""
     size = 0
 
-    async def write() -> None:
-        async with receive:
-            async for piece in receive:
-                await anyio.to_thread.run_sync(sink.write, piece)
-
-    async def gather() -> None:
+    async def gathered() -> AsyncIterator[bytes]:
         nonlocal size
         pending: list[bytes] = []
         held = 0
-        async with send:
-            async for chunk in chunks:
-                size += len(chunk)
-                if size > limit:
-                    raise TooLargeError(
-                        f"the file is over this server's transfer limit of {limit:,} bytes (limits.max_transfer_bytes)"
-                    )
-                if pending and held + len(chunk) > WRITE_PIECE:
-                    await send.send(_joined(pending))
-                    pending, held = [], 0
-                pending.append(chunk)
-                held += len(chunk)
-                if held >= WRITE_PIECE:
-                    await send.send(_joined(pending))
-                    pending, held = [], 0
-                await progress(size, expected)
-            if pending:
-                await send.send(_joined(pending))
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > limit:
+                raise TooLargeError(
+                    f"the file is over this server's transfer limit of {limit:,} bytes (limits.max_transfer_bytes)"
+                )
+            if pending and held + len(chunk) > WRITE_PIECE:
+                yield _joined(pending)
+                pending, held = [], 0
+            pending.append(chunk)
+            held += len(chunk)
+            if held >= WRITE_PIECE:
+                yield _joined(pending)
+                pending, held = [], 0
+            await progress(size, expected)
+        if pending:
+            yield _joined(pending)
 
-    await side_by_side(gather, write)
+    async def write(piece: bytes) -> None:
+        await anyio.to_thread.run_sync(sink.write, piece)
+
+    await write_behind(gathered(), write)
     return size
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import anyio
 import anyio.lowlevel
 import pytest
 
-from crm_mcp._tasks import side_by_side
+from crm_mcp._tasks import side_by_side, write_behind
 from crm_mcp.errors import TooLargeError
 
 pytestmark = pytest.mark.anyio
@@ -43,3 +45,24 @@ async def test_side_by_side_returns_when_both_sides_finish() -> None:
 
     await side_by_side(one, two)
     assert sorted(done) == ["one", "two"]
+
+
+async def test_write_behind_writes_every_piece_in_order_with_two_in_flight_at_most() -> None:
+    written: list[bytes] = []
+    produced = 0
+    in_flight: list[int] = []
+
+    async def pieces() -> AsyncIterator[bytes]:
+        nonlocal produced
+        for number in range(10):
+            produced += 1
+            in_flight.append(produced - len(written))
+            yield bytes([number])
+
+    async def write(piece: bytes) -> None:
+        await anyio.sleep(0.001)
+        written.append(piece)
+
+    await write_behind(pieces(), write)
+    assert written == [bytes([number]) for number in range(10)]
+    assert max(in_flight) <= 2

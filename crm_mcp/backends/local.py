@@ -34,7 +34,7 @@ from typing import Any, ClassVar, Literal, Protocol, TypeVar
 import anyio
 import anyio.to_thread
 
-from crm_mcp._tasks import side_by_side
+from crm_mcp._tasks import write_behind
 from crm_mcp.backends import _demo
 from crm_mcp.backends.base import (
     BackendContext,
@@ -784,8 +784,19 @@ class LocalBackend:
         `BackendError`. Either way the temporary file is removed."""
         what = f"store {upload.name!r}"
         spool = await self._disk(what, _Spool, self._tmp_dir, _take_hashing(upload.chunks))
+
+        async def checked() -> AsyncIterator[bytes]:
+            received = 0
+            async for chunk in upload.chunks:
+                received += len(chunk)
+                self._check_growth(upload, received)
+                yield chunk
+
+        async def write(chunk: bytes) -> None:  # and hash, in one worker-thread call
+            await self._disk(what, spool.write, chunk)
+
         try:
-            await self._fill(spool, upload, what)
+            await write_behind(checked(), write)  # the source reads piece N+1 while piece N is written
             if spool.size != upload.size:
                 raise BackendError(
                     f"the source of {upload.name!r} ended after {spool.size:,} of {upload.size:,} bytes "
@@ -798,28 +809,6 @@ class LocalBackend:
                 await _close_stream(upload.chunks)
             raise
         return spool
-
-    async def _fill(self, spool: _Spool, upload: Upload, what: str) -> None:
-        """Write (and hash) piece N in a worker thread while the source reads piece N+1: the disk and
-        the source overlap, and with an unbuffered hand-over at most two pieces are in flight.
-
-        Each chunk is checked before it is handed over, so the one that passes the limit is never written."""
-        send, receive = anyio.create_memory_object_stream[bytes](0)
-
-        async def write() -> None:
-            async with receive:
-                async for chunk in receive:
-                    await self._disk(what, spool.write, chunk)
-
-        async def read() -> None:
-            async with send:
-                received = 0
-                async for chunk in upload.chunks:
-                    received += len(chunk)
-                    self._check_growth(upload, received)
-                    await send.send(chunk)
-
-        await side_by_side(read, write)
 
     def _check_growth(self, upload: Upload, received: int) -> None:
         """Stop a stream as soon as it passes the transfer limit or the size it announced."""
